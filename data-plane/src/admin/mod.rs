@@ -1,0 +1,214 @@
+//! The admin server. It listens on `--admin-listen` (default `127.0.0.1:9901`), separate from
+//! the proxy port, and serves:
+//!
+//! | endpoint | what it does |
+//! |---|---|
+//! | `GET /healthz` | liveness: 200 while the process runs |
+//! | `GET /readyz` | 200 once a valid table is active; 503 before that and while draining |
+//! | `GET /metrics` | Prometheus / OpenMetrics text |
+//! | `GET /admin/config` | active generation, content hash, source, applied-at, spec, last error |
+//! | `GET /admin/history` | the last 10 applied versions with a diff summary each |
+//! | `POST /admin/reload` | re-read the `--config` file now (bearer token) |
+//! | `POST /admin/rollback[?generation=N]` | re-apply the previous version, or version N (bearer token) |
+//!
+//! The POST endpoints need `Authorization: Bearer <token>` matching `--admin-token-file`.
+//! Nothing here may change routing except through the [`crate::applier`].
+
+pub mod auth;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::applier::{Applied, ApplierHandle, ApplyError};
+use crate::metrics::Metrics;
+use crate::state::{SharedState, Trigger, unix_seconds};
+use auth::AdminToken;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The active table and its history.
+    pub state: Arc<SharedState>,
+    /// Where changes go.
+    pub applier: ApplierHandle,
+    /// The admin token.
+    pub token: AdminToken,
+    /// All metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown begins, so readiness fails while draining.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/admin/config", get(config))
+        .route("/admin/history", get(history))
+        .route("/admin/reload", post(reload))
+        .route("/admin/rollback", post(rollback))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    if s.draining.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "draining for shutdown"})),
+        )
+            .into_response();
+    }
+    match s.state.active.load().as_ref() {
+        Some(active) => Json(json!({"ready": true, "config_generation": active.generation})).into_response(),
+        None => {
+            let reason = s.state.last_error().map_or_else(
+                || "no valid routing table has been applied yet".to_owned(),
+                |e| {
+                    format!(
+                        "no valid routing table has been applied yet; last error: {}",
+                        e.error
+                    )
+                },
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": reason})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn config(State(s): State<AdminState>) -> Response {
+    let last_error = s.state.last_error();
+    match s.state.active.load_full() {
+        Some(active) => Json(json!({
+            "config_generation": active.generation,
+            "hash": active.config.hash(),
+            "source": active.source,
+            "source_detail": active.source_detail,
+            "applied_at": unix_seconds(active.applied_at),
+            "customers": active.table.customers(),
+            "placements": active.table.placements().len(),
+            "warnings": active.config.warnings(),
+            "spec": active.config.spec(),
+            "last_error": last_error,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "config_generation": 0,
+                "hash": null,
+                "source": null,
+                "spec": null,
+                "last_error": last_error,
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn history(State(s): State<AdminState>) -> Response {
+    Json(json!({"entries": s.state.history()})).into_response()
+}
+
+fn unauthorized(e: &auth::AuthError) -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(json!({"status": "error", "message": format!("Authentication required: {e}")})),
+    )
+        .into_response()
+}
+
+fn now() -> u64 {
+    unix_seconds(SystemTime::now()) as u64
+}
+
+async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(e) = s.token.check(&headers) {
+        return unauthorized(&e);
+    }
+    match s.applier.reload_file(Trigger::AdminReload).await {
+        Ok(Applied {
+            generation, changed, ..
+        }) => Json(json!({
+            "status": "success",
+            "message": "Configuration reloaded successfully",
+            "config_generation": generation,
+            "changed": changed,
+            "timestamp": now(),
+        }))
+        .into_response(),
+        Err(e) => failure("Configuration reload failed", &e),
+    }
+}
+
+/// Query of `POST /admin/rollback`.
+#[derive(Debug, Deserialize)]
+pub struct RollbackQuery {
+    generation: Option<u64>,
+}
+
+async fn rollback(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Query(q): Query<RollbackQuery>,
+) -> Response {
+    if let Err(e) = s.token.check(&headers) {
+        return unauthorized(&e);
+    }
+    match s.applier.rollback(q.generation).await {
+        Ok(Applied {
+            generation,
+            changed,
+            rolled_back_to,
+            ..
+        }) => Json(json!({
+            "status": "success",
+            "message": "Configuration rolled back",
+            "config_generation": generation,
+            "rolled_back_to": rolled_back_to,
+            "changed": changed,
+            "timestamp": now(),
+        }))
+        .into_response(),
+        Err(e) => failure("Configuration rollback failed", &e),
+    }
+}
+
+fn failure(message: &str, e: &ApplyError) -> Response {
+    let status = match e {
+        ApplyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ApplyError::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (
+        status,
+        Json(json!({"status": "error", "message": message, "error": e.to_string()})),
+    )
+        .into_response()
+}

@@ -1,0 +1,431 @@
+//! The one task through which every routing change is applied.
+//!
+//! Reloads, rollbacks and (later) control-plane snapshots are commands on one channel, so they
+//! are applied in a total order and two changes can never interleave. Each apply is
+//! all-or-nothing: the candidate is read, parsed, validated and compiled on a blocking thread;
+//! only a fully built table is swapped in. A panic while building is caught by that thread's
+//! join handle, reported as a failed apply, and leaves the active table untouched.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use http::HeaderName;
+use routing_model::{ConfigDiff, ConfigError, ContentHash, ParseLimits, RoutingTable, ValidatedConfig};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::state::{ActiveConfig, HistoryEntry, LastError, SharedState, Source, Trigger, unix_seconds};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How many entries of each kind of change a history entry or audit line keeps.
+const DIFF_SAMPLE: usize = 20;
+
+/// Why a change was not applied. The active table is unchanged in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A reload was asked for but the data plane runs without `--config`.
+    #[error("no config file: start the data plane with --config FILE to reload from a file")]
+    NoConfigFile,
+    /// The config file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The content was rejected; the message names the offending key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// An endpoint passed validation but could not be turned into an upstream.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// Building the table panicked; this is a bug, and the old table stays active.
+    #[error("internal error while building the routing table: {0}")]
+    Panicked(String),
+    /// The rollback target does not exist.
+    #[error("{0}")]
+    Rollback(String),
+    /// The applier has stopped (the process is shutting down).
+    #[error("the data plane is shutting down")]
+    ShuttingDown,
+}
+
+/// The result of a successful apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// The active generation afterwards.
+    pub generation: u64,
+    /// False when the candidate was identical to the active table (a no-op).
+    pub changed: bool,
+    /// Content hash of the active table.
+    pub hash: ContentHash,
+    /// For a rollback, the generation that was re-applied.
+    pub rolled_back_to: Option<u64>,
+}
+
+enum Command {
+    ReloadFile {
+        trigger: Trigger,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    ApplyBytes {
+        bytes: Vec<u8>,
+        source: Source,
+        trigger: Trigger,
+        detail: String,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    Rollback {
+        generation: Option<u64>,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+}
+
+/// A cheap, cloneable way to ask the applier for a change and wait for the outcome.
+#[derive(Clone)]
+pub struct ApplierHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ApplierHandle {
+    /// Re-reads the `--config` file and applies it if it is valid and different.
+    pub async fn reload_file(&self, trigger: Trigger) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::ReloadFile { trigger, reply }).await
+    }
+
+    /// Applies a document given as bytes.
+    pub async fn apply_bytes(
+        &self,
+        bytes: Vec<u8>,
+        source: Source,
+        trigger: Trigger,
+        detail: String,
+    ) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::ApplyBytes {
+            bytes,
+            source,
+            trigger,
+            detail,
+            reply,
+        })
+        .await
+    }
+
+    /// Re-applies a version from history: `generation`, or the one before the active one.
+    pub async fn rollback(&self, generation: Option<u64>) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::Rollback { generation, reply }).await
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<Applied, ApplyError>>) -> Command,
+    ) -> Result<Applied, ApplyError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| ApplyError::ShuttingDown)?;
+        rx.await.map_err(|_| ApplyError::ShuttingDown)?
+    }
+}
+
+/// The applier task's own state.
+pub struct Applier {
+    state: Arc<SharedState>,
+    metrics: Arc<Metrics>,
+    config_path: Option<PathBuf>,
+    limits: ParseLimits,
+}
+
+/// What the blocking build step produced.
+enum Candidate {
+    Unchanged(ContentHash),
+    Built(Box<Built>),
+}
+
+struct Built {
+    active: ActiveConfig,
+    diff: Option<ConfigDiff>,
+}
+
+impl Applier {
+    /// Starts the applier task and returns the handle to reach it.
+    pub fn spawn(
+        state: Arc<SharedState>,
+        metrics: Arc<Metrics>,
+        config_path: Option<PathBuf>,
+        limits: ParseLimits,
+    ) -> ApplierHandle {
+        let (tx, rx) = mpsc::channel(64);
+        let applier = Self {
+            state,
+            metrics,
+            config_path,
+            limits,
+        };
+        tokio::spawn(applier.run(rx));
+        ApplierHandle { tx }
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::ReloadFile { trigger, reply } => {
+                    let result = match self.read_file().await {
+                        Ok((bytes, detail)) => {
+                            self.apply(Input::Bytes(bytes), Source::File, trigger, detail, None)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let result = self.record(result, Source::File, trigger);
+                    let _ = reply.send(result);
+                }
+                Command::ApplyBytes {
+                    bytes,
+                    source,
+                    trigger,
+                    detail,
+                    reply,
+                } => {
+                    let result = self
+                        .apply(Input::Bytes(bytes), source, trigger, detail, None)
+                        .await;
+                    let _ = reply.send(self.record(result, source, trigger));
+                }
+                Command::Rollback { generation, reply } => {
+                    let result = match self.rollback_target(generation) {
+                        Ok(entry) => {
+                            let detail = format!("generation {}", entry.generation);
+                            self.apply(
+                                Input::Validated(entry.config),
+                                Source::Rollback,
+                                Trigger::AdminRollback,
+                                detail,
+                                Some(entry.generation),
+                            )
+                            .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(self.record(result, Source::Rollback, Trigger::AdminRollback));
+                }
+            }
+        }
+    }
+
+    async fn read_file(&self) -> Result<(Vec<u8>, String), ApplyError> {
+        let path = self.config_path.clone().ok_or(ApplyError::NoConfigFile)?;
+        let limit = self.limits.max_bytes;
+        // Read at most one byte over the limit so a huge file is rejected without loading it.
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let file = std::fs::File::open(&path)?;
+            let mut bytes = Vec::new();
+            file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+            Ok::<_, std::io::Error>((bytes, path))
+        })
+        .await
+        .map_err(|e| ApplyError::Panicked(e.to_string()))?;
+        match read {
+            Ok((bytes, path)) => Ok((bytes, path.display().to_string())),
+            Err(source) => Err(ApplyError::Read {
+                path: self.config_path.clone().unwrap_or_default(),
+                source,
+            }),
+        }
+    }
+
+    fn rollback_target(&self, generation: Option<u64>) -> Result<HistoryEntry, ApplyError> {
+        let history = self.state.history();
+        let found = match generation {
+            Some(g) => history.iter().find(|e| e.generation == g),
+            None => history.get(1),
+        };
+        found.cloned().ok_or_else(|| {
+            let have: Vec<String> = history.iter().map(|e| e.generation.to_string()).collect();
+            let what = match generation {
+                Some(g) => format!("generation {g} is not in the history"),
+                None => "there is no previous version to roll back to".to_owned(),
+            };
+            ApplyError::Rollback(format!(
+                "{what} (history holds generations [{}])",
+                have.join(", ")
+            ))
+        })
+    }
+
+    /// Builds the candidate off the async threads and swaps it in if it is complete and new.
+    async fn apply(
+        &self,
+        input: Input,
+        source: Source,
+        trigger: Trigger,
+        detail: String,
+        rolled_back_to: Option<u64>,
+    ) -> Result<Applied, ApplyError> {
+        let current = self.state.active.load_full();
+        let metrics = self.metrics.clone();
+        let limits = self.limits;
+        let previous = current.as_ref().map(|a| (a.config.clone(), a.generation));
+        let built =
+            tokio::task::spawn_blocking(move || build(input, previous, &metrics, limits, source, detail))
+                .await
+                .map_err(|e| ApplyError::Panicked(panic_message(e)))??;
+        let built = match built {
+            Candidate::Unchanged(hash) => {
+                let generation = current.as_ref().map_or(0, |a| a.generation);
+                tracing::debug!(source = source.as_str(), trigger = trigger.as_str(), %hash, "config unchanged");
+                return Ok(Applied {
+                    generation,
+                    changed: false,
+                    hash,
+                    rolled_back_to,
+                });
+            }
+            Candidate::Built(b) => *b,
+        };
+        let Built { active, diff } = built;
+        let summary = diff.as_ref().map(|d| d.summarize(DIFF_SAMPLE));
+        let applied = Applied {
+            generation: active.generation,
+            changed: true,
+            hash: active.config.hash(),
+            rolled_back_to,
+        };
+        let entry = HistoryEntry {
+            generation: active.generation,
+            source,
+            trigger,
+            source_detail: active.source_detail.clone(),
+            hash: applied.hash,
+            applied_at: unix_seconds(active.applied_at),
+            customers: active.table.customers(),
+            diff: summary.clone(),
+            rolled_back_to,
+            config: active.config.clone(),
+        };
+        let customers = active.table.customers();
+        for w in active.config.warnings() {
+            tracing::warn!(source = source.as_str(), field = %w.field, "{}", w.message);
+        }
+        self.state.active.store(Some(Arc::new(active)));
+        self.state.push_history(entry);
+        self.metrics.reload_success.inc();
+        self.metrics.generation.set(applied.generation as i64);
+        self.metrics.last_success.set(unix_seconds(SystemTime::now()));
+        self.metrics.customers.set(customers as i64);
+        self.metrics.set_active_source(source);
+        tracing::info!(
+            target: "audit",
+            source = source.as_str(),
+            trigger = trigger.as_str(),
+            generation = applied.generation,
+            hash = %applied.hash,
+            customers,
+            rolled_back_to,
+            diff = %summary.map_or_else(|| "initial version".to_owned(), |s| s.to_string()),
+            "config applied"
+        );
+        Ok(applied)
+    }
+
+    /// Counts and reports a failure; passes successes through.
+    fn record(
+        &self,
+        result: Result<Applied, ApplyError>,
+        source: Source,
+        trigger: Trigger,
+    ) -> Result<Applied, ApplyError> {
+        if let Err(e) = &result {
+            if matches!(e, ApplyError::ShuttingDown) {
+                return result;
+            }
+            let now = SystemTime::now();
+            self.metrics.reload_failure.inc();
+            self.metrics.last_failure.set(unix_seconds(now));
+            self.state.set_last_error(LastError {
+                at: unix_seconds(now),
+                source,
+                trigger,
+                error: e.to_string(),
+            });
+            let generation = self.state.active.load().as_ref().map_or(0, |a| a.generation);
+            tracing::warn!(
+                target: "audit",
+                source = source.as_str(),
+                trigger = trigger.as_str(),
+                active_generation = generation,
+                error = %e,
+                "config rejected"
+            );
+        }
+        result
+    }
+}
+
+/// A candidate before the blocking step.
+enum Input {
+    Bytes(Vec<u8>),
+    Validated(Arc<ValidatedConfig>),
+}
+
+/// Parses, validates, diffs and compiles a candidate. Runs on a blocking thread.
+fn build(
+    input: Input,
+    previous: Option<(Arc<ValidatedConfig>, u64)>,
+    metrics: &Metrics,
+    limits: ParseLimits,
+    source: Source,
+    detail: String,
+) -> Result<Candidate, ApplyError> {
+    let config = match input {
+        Input::Bytes(bytes) => Arc::new(routing_model::load(&bytes, limits)?),
+        Input::Validated(config) => config,
+    };
+    if let Some((prev, _)) = &previous
+        && prev.hash() == config.hash()
+    {
+        return Ok(Candidate::Unchanged(config.hash()));
+    }
+    let upstreams = config
+        .spec()
+        .placement_to_endpoint
+        .iter()
+        .map(|(name, endpoint)| Ok((name.as_str(), Arc::new(Upstream::new(name, endpoint, metrics)?))))
+        .collect::<Result<HashMap<_, _>, UpstreamError>>()?;
+    let table = RoutingTable::build(&config, |name, _| upstreams[name].clone());
+    // Validation guarantees a legal header name; keep the error path anyway rather than panic.
+    let header = HeaderName::from_bytes(table.customer_header().as_bytes())
+        .map_err(|e| ApplyError::Panicked(format!("customer header `{}`: {e}", table.customer_header())))?;
+    let diff = previous
+        .as_ref()
+        .map(|(prev, _)| ConfigDiff::between(prev.spec(), config.spec()));
+    let generation = previous.map_or(0, |(_, g)| g) + 1;
+    Ok(Candidate::Built(Box::new(Built {
+        active: ActiveConfig {
+            table,
+            header,
+            config,
+            generation,
+            source,
+            source_detail: detail,
+            applied_at: SystemTime::now(),
+        },
+        diff,
+    })))
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned()),
+        Err(e) => e.to_string(),
+    }
+}

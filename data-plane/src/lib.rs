@@ -1,0 +1,27 @@
+//! The cellroute data plane: a sidecar reverse proxy that routes each request to the cell that
+//! owns its customer.
+//!
+//! Architecture, one module per concern:
+//! - [`cli`]: flags and environment variables;
+//! - [`state`]: the active routing table behind one `ArcSwap`, its history and last error;
+//! - [`applier`]: the single task through which every change is applied, in a total order;
+//! - [`source`]: where configs come from (the local file, its watcher, SIGHUP);
+//! - [`proxy`]: the request path: one `ArcSwap` load, one hash probe, forward;
+//! - [`admin`]: health, readiness, metrics and the authenticated admin API;
+//! - [`metrics`]: every Prometheus metric, registered in one place;
+//! - [`run`]: wiring and graceful shutdown.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod applier;
+pub mod cli;
+pub mod metrics;
+pub mod proxy;
+pub mod run;
+pub mod source;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+pub mod validate_cmd;

@@ -1,0 +1,184 @@
+//! What the data plane is serving right now, and what it served before.
+//!
+//! The active table sits behind one `ArcSwapOption`: the proxy loads it once per request and
+//! keeps its `Arc` for the whole request, so a swap never changes a request midway. Only the
+//! [`crate::applier`] task writes here; everyone else reads.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use http::HeaderName;
+use routing_model::{ContentHash, DiffSummary, RoutingTable, ValidatedConfig};
+use serde::Serialize;
+
+use crate::upstream::Upstream;
+
+/// How many applied versions `/admin/history` and rollback remember.
+pub const HISTORY_LEN: usize = 10;
+
+/// Where a table came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// The local `--config` file.
+    File,
+    /// A snapshot pushed by the control plane.
+    ControlPlane,
+    /// The last-known-good cache on disk.
+    Cache,
+    /// A version re-applied from history by `POST /admin/rollback`.
+    Rollback,
+}
+
+impl Source {
+    /// Every source, for metrics that show one as active.
+    pub const ALL: [Source; 4] = [
+        Source::File,
+        Source::ControlPlane,
+        Source::Cache,
+        Source::Rollback,
+    ];
+
+    /// The label value used in metrics and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::File => "file",
+            Source::ControlPlane => "control-plane",
+            Source::Cache => "cache",
+            Source::Rollback => "rollback",
+        }
+    }
+}
+
+/// What caused an apply attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// Process start.
+    Startup,
+    /// The file watcher saw the config file change.
+    Watch,
+    /// SIGHUP.
+    Sighup,
+    /// `POST /admin/reload`.
+    AdminReload,
+    /// `POST /admin/rollback`.
+    AdminRollback,
+}
+
+impl Trigger {
+    /// The value used in logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Watch => "watch",
+            Trigger::Sighup => "sighup",
+            Trigger::AdminReload => "admin-reload",
+            Trigger::AdminRollback => "admin-rollback",
+        }
+    }
+}
+
+/// The routing table being served, with where and when it came from.
+pub struct ActiveConfig {
+    /// The compiled table the proxy routes with.
+    pub table: RoutingTable<Arc<Upstream>>,
+    /// The customer header, parsed once.
+    pub header: HeaderName,
+    /// The config the table was built from (for the admin API, diffs and rollback).
+    pub config: Arc<ValidatedConfig>,
+    /// Rises by one with every applied change.
+    pub generation: u64,
+    /// Where the config came from.
+    pub source: Source,
+    /// Human detail about the source (file path, rollback target).
+    pub source_detail: String,
+    /// When it was applied.
+    pub applied_at: SystemTime,
+}
+
+/// One applied version, kept for `/admin/history` and rollback.
+#[derive(Clone, Serialize)]
+pub struct HistoryEntry {
+    /// Generation it was applied as.
+    pub generation: u64,
+    /// Where it came from.
+    pub source: Source,
+    /// What caused it.
+    pub trigger: Trigger,
+    /// Human detail about the source.
+    pub source_detail: String,
+    /// Content hash.
+    pub hash: ContentHash,
+    /// Unix seconds.
+    pub applied_at: f64,
+    /// Customers in the table.
+    pub customers: usize,
+    /// Change against the version it replaced; `None` for the first version.
+    pub diff: Option<DiffSummary>,
+    /// For rollbacks, the generation that was re-applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_to: Option<u64>,
+    /// The config itself, for rollback.
+    #[serde(skip)]
+    pub config: Arc<ValidatedConfig>,
+}
+
+/// The most recent rejected change.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastError {
+    /// Unix seconds.
+    pub at: f64,
+    /// Where the rejected input came from.
+    pub source: Source,
+    /// What caused the attempt.
+    pub trigger: Trigger,
+    /// One line naming what is wrong, with the key where there is one.
+    pub error: String,
+}
+
+/// State shared between the applier (the only writer) and readers.
+#[derive(Default)]
+pub struct SharedState {
+    /// The active table, if any.
+    pub active: ArcSwapOption<ActiveConfig>,
+    history: Mutex<VecDeque<HistoryEntry>>,
+    last_error: Mutex<Option<LastError>>,
+}
+
+impl SharedState {
+    /// Applied versions, newest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        lock(&self.history).iter().cloned().collect()
+    }
+
+    /// The most recent rejected change, if any.
+    pub fn last_error(&self) -> Option<LastError> {
+        lock(&self.last_error).clone()
+    }
+
+    pub(crate) fn push_history(&self, entry: HistoryEntry) {
+        let mut history = lock(&self.history);
+        history.push_front(entry);
+        history.truncate(HISTORY_LEN);
+    }
+
+    pub(crate) fn set_last_error(&self, error: LastError) {
+        *lock(&self.last_error) = Some(error);
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the data here is
+/// replaced whole, never left half-written.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,34 @@
+//! The routing model shared by every cellroute binary.
+//!
+//! A RoutingConfig maps customers to placements (cells) and placements to endpoint URLs. This
+//! crate owns the one definition of what a *valid* RoutingConfig is, so that the control plane
+//! and every data plane accept and reject exactly the same inputs:
+//!
+//! - [`manifest`]: the serde types of the manifest users `kubectl apply` (and data planes read
+//!   from a file);
+//! - [`parse`]: bytes to manifest, with the hardening a file from anywhere needs (size limit,
+//!   UTF-8, duplicate keys, alias bombs, unknown fields);
+//! - [`validate`]: manifest to [`ValidatedConfig`], the only way to obtain one, reporting every
+//!   problem at once with the offending key;
+//! - [`table`]: a [`ValidatedConfig`] compiled into an immutable [`RoutingTable`] whose lookup
+//!   is a single hash probe;
+//! - [`diff`]: what changed between two configs, for audit logs and history.
+//!
+//! This crate never does I/O: callers read bytes and decide what to do with errors.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod diff;
+pub mod hash;
+pub mod manifest;
+pub mod parse;
+pub mod table;
+pub mod validate;
+
+pub use diff::{ConfigDiff, DiffSummary};
+pub use hash::ContentHash;
+pub use manifest::{RoutingConfigManifest, RoutingConfigSpec};
+pub use parse::{ConfigError, ParseError, ParseLimits, load};
+pub use table::{Route, RoutingTable};
+pub use validate::{ValidatedConfig, ValidationError, ValidationErrors, Warning};

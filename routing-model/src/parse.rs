@@ -1,0 +1,209 @@
+//! Bytes to a validated config, hardened for files that come from anywhere.
+//!
+//! JSON is a subset of YAML 1.2, so both go through one YAML parser: duplicate keys are
+//! rejected the same way in both (never last-wins), and one set of limits guards against alias
+//! bombs. The checks that need no parser (size, UTF-8, binary content) run first and cheaply.
+
+use serde_saphyr::options::{AliasLimits, DuplicateKeyPolicy};
+
+use crate::manifest::RoutingConfigManifest;
+use crate::validate::{ValidatedConfig, ValidationErrors, validate};
+
+/// Default upper bound on the size of a config document: 16 MiB.
+pub const DEFAULT_MAX_CONFIG_BYTES: usize = 16 * 1024 * 1024;
+
+/// Limits applied before and during parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Documents larger than this are rejected before any parsing.
+    pub max_bytes: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: DEFAULT_MAX_CONFIG_BYTES,
+        }
+    }
+}
+
+/// Why a document could not be read as a RoutingConfig at all.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Zero bytes, or only whitespace and comments.
+    #[error("the document is empty: expected a RoutingConfig with apiVersion, kind and spec")]
+    Empty,
+    /// Larger than the configured limit; rejected before parsing.
+    #[error(
+        "the document is {size} bytes, over the limit of {limit} bytes (raise it with --max-config-bytes)"
+    )]
+    TooLarge {
+        /// Size of the document.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// Not valid UTF-8.
+    #[error("the document is not valid UTF-8 (first bad byte at offset {offset})")]
+    NotUtf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// Contains control characters that never occur in a YAML or JSON text file.
+    #[error("the document looks binary: control character 0x{byte:02x} at offset {offset}")]
+    Binary {
+        /// The offending byte.
+        byte: u8,
+        /// Its byte offset.
+        offset: usize,
+    },
+    /// The YAML/JSON parser or the field mapping rejected it; the message names the key.
+    #[error("{0}")]
+    Syntax(String),
+}
+
+/// Anything that stops a document from becoming a [`ValidatedConfig`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigError {
+    /// The document could not be parsed.
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// The document parsed but breaks one or more rules.
+    #[error("{0}")]
+    Invalid(#[from] ValidationErrors),
+}
+
+/// Parses and validates a document in one step.
+pub fn load(bytes: &[u8], limits: ParseLimits) -> Result<ValidatedConfig, ConfigError> {
+    let manifest = parse_manifest(bytes, limits)?;
+    Ok(validate(manifest)?)
+}
+
+/// Parses a document into a manifest without validating its content.
+pub fn parse_manifest(bytes: &[u8], limits: ParseLimits) -> Result<RoutingConfigManifest, ParseError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ParseError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| ParseError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    if let Some((offset, byte)) = text
+        .bytes()
+        .enumerate()
+        .find(|(_, b)| b.is_ascii_control() && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(ParseError::Binary { byte, offset });
+    }
+    if is_blank(text) {
+        return Err(ParseError::Empty);
+    }
+    let options = serde_saphyr::options! {
+        duplicate_keys: DuplicateKeyPolicy::Error,
+        alias_limits: alias_limits(),
+        with_snippet: false,
+    };
+    serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| ParseError::Syntax(one_line(&e.to_string())))
+}
+
+/// Tight alias limits: a routing file has no reason to expand aliases much, and an alias bomb
+/// must fail fast instead of allocating gigabytes.
+fn alias_limits() -> AliasLimits {
+    let mut limits = AliasLimits::default();
+    limits.max_total_replayed_events = 10_000;
+    limits.max_replay_stack_depth = 16;
+    limits.max_alias_expansions_per_anchor = 1_000;
+    limits
+}
+
+/// True when the text has no content besides whitespace, comments and document markers.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// Joins a multi-line parser message into one line, for logs and JSON bodies.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nmetadata: {name: r}\nspec:\n  defaultPlacement: a\n  customerToPlacement: {acme: a}\n  placementToEndpoint: {a: 'http://127.0.0.1:1'}\n";
+
+    fn parse(text: &str) -> Result<RoutingConfigManifest, ParseError> {
+        parse_manifest(text.as_bytes(), ParseLimits::default())
+    }
+
+    #[test]
+    fn valid_yaml_and_json_parse_alike() {
+        let yaml = parse(VALID).expect("yaml");
+        let json = parse(r#"{"apiVersion":"cellroute.dev/v1alpha1","kind":"RoutingConfig","metadata":{"name":"r"},"spec":{"defaultPlacement":"a","customerToPlacement":{"acme":"a"},"placementToEndpoint":{"a":"http://127.0.0.1:1"}}}"#).expect("json");
+        assert_eq!(yaml.spec, json.spec);
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected_naming_the_key() {
+        let text = VALID.replace("{acme: a}", "{acme: a, acme: b}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("acme"), "{err}");
+        let json = r#"{"apiVersion":"cellroute.dev/v1alpha1","kind":"RoutingConfig","spec":{"defaultPlacement":"a","placementToEndpoint":{"a":"http://h","a":"http://h2"}}}"#;
+        let err = parse(json).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_naming_the_field() {
+        let text = VALID.replace("defaultPlacement", "defaultPlacment");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("defaultPlacment"), "{err}");
+    }
+
+    #[test]
+    fn size_limit_applies_before_parsing() {
+        let err = parse_manifest(b"{}", ParseLimits { max_bytes: 1 }).unwrap_err();
+        assert_eq!(err, ParseError::TooLarge { size: 2, limit: 1 });
+    }
+
+    #[test]
+    fn empty_binary_and_non_utf8_are_named() {
+        assert!(matches!(parse("  \n# nothing\n"), Err(ParseError::Empty)));
+        assert!(matches!(
+            parse("a: \u{0}"),
+            Err(ParseError::Binary { byte: 0, offset: 3 })
+        ));
+        assert!(matches!(
+            parse_manifest(b"spec: \xff\xfe", ParseLimits::default()),
+            Err(ParseError::NotUtf8 { offset: 6 })
+        ));
+    }
+
+    #[test]
+    fn alias_bombs_are_stopped() {
+        // Metadata ignores unknown keys, so the bomb is fully walked rather than rejected early.
+        let mut text = String::from(
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nmetadata:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+        );
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        text.push_str("spec: {defaultPlacement: a, placementToEndpoint: {a: 'http://h'}}\n");
+        let err = parse(&text).unwrap_err();
+        assert!(matches!(err, ParseError::Syntax(_)), "{err}");
+    }
+}

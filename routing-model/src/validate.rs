@@ -1,0 +1,409 @@
+//! The rules that make a RoutingConfig valid, applied identically by every binary.
+//!
+//! Validation never stops at the first problem: an operator fixing a file wants the whole list,
+//! each entry naming the key it is about (`spec.customerToPlacement.acme`). The only way to get a
+//! [`ValidatedConfig`] is through [`validate`], so code that holds one can rely on every rule.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::hash::ContentHash;
+use crate::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest, RoutingConfigSpec};
+
+/// Longest accepted customer id or placement name, in bytes.
+pub const MAX_NAME_BYTES: usize = 253;
+/// Most customers one RoutingConfig may list.
+pub const MAX_CUSTOMERS: usize = 10_000_000;
+/// Longest accepted endpoint URL, in bytes.
+pub const MAX_ENDPOINT_BYTES: usize = 2048;
+
+/// One broken rule, with the path of the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ValidationError {
+    /// Path of the offending key, such as `spec.customerToPlacement.acme`.
+    pub field: String,
+    /// What is wrong with it, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every broken rule of one document (never empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(transparent)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} validation error{}: ", if n == 1 { "" } else { "s" })?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Something legal but probably unintended, reported without rejecting the document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// Path of the key the warning is about.
+    pub field: String,
+    /// What looks off.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A RoutingConfig that passed every rule; only [`validate`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedConfig {
+    metadata: ObjectMeta,
+    spec: RoutingConfigSpec,
+    hash: ContentHash,
+    warnings: Vec<Warning>,
+}
+
+impl ValidatedConfig {
+    /// The validated routing rules (with `customerHeader` lowercased).
+    pub fn spec(&self) -> &RoutingConfigSpec {
+        &self.spec
+    }
+
+    /// Name and namespace of the object the config came from, when it had them.
+    pub fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    /// Hash of the spec's content: equal hashes mean an identical routing table.
+    pub fn hash(&self) -> ContentHash {
+        self.hash
+    }
+
+    /// Legal but suspicious parts of the config.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The manifest form of this config, for display and for writing back to a file.
+    pub fn to_manifest(&self) -> RoutingConfigManifest {
+        RoutingConfigManifest {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: self.metadata.clone(),
+            spec: self.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+/// Checks a manifest against every rule, returning all broken rules at once.
+pub fn validate(manifest: RoutingConfigManifest) -> Result<ValidatedConfig, ValidationErrors> {
+    let mut errors = Vec::new();
+    if manifest.api_version != API_VERSION {
+        errors.push(err(
+            "apiVersion",
+            format!("must be `{API_VERSION}`, found `{}`", manifest.api_version),
+        ));
+    }
+    if manifest.kind != KIND {
+        errors.push(err(
+            "kind",
+            format!("must be `{KIND}`, found `{}`", manifest.kind),
+        ));
+    }
+    let mut spec = manifest.spec;
+    spec.customer_header = spec.customer_header.to_ascii_lowercase();
+    let warnings = check_spec(&spec, &mut errors);
+    if !errors.is_empty() {
+        return Err(ValidationErrors(errors));
+    }
+    let hash = ContentHash::of_spec(&spec);
+    Ok(ValidatedConfig {
+        metadata: manifest.metadata,
+        spec,
+        hash,
+        warnings,
+    })
+}
+
+fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Vec<Warning> {
+    if let Err(why) = check_header_name(&spec.customer_header) {
+        errors.push(err("spec.customerHeader", why));
+    }
+    if spec.placement_to_endpoint.is_empty() {
+        errors.push(err(
+            "spec.placementToEndpoint",
+            "must name at least one placement".to_owned(),
+        ));
+    }
+    for (placement, endpoint) in &spec.placement_to_endpoint {
+        let field = key_path("spec.placementToEndpoint", placement);
+        if let Err(why) = check_name(placement) {
+            errors.push(err(&field, format!("placement name {why}")));
+        }
+        if let Err(why) = check_endpoint(endpoint) {
+            errors.push(err(&field, why));
+        }
+    }
+    if let Err(why) = check_name(&spec.default_placement) {
+        errors.push(err("spec.defaultPlacement", format!("placement name {why}")));
+    } else if !spec.placement_to_endpoint.contains_key(&spec.default_placement) {
+        errors.push(err(
+            "spec.defaultPlacement",
+            format!(
+                "placement `{}` has no endpoint in spec.placementToEndpoint",
+                spec.default_placement
+            ),
+        ));
+    }
+    if spec.customer_to_placement.len() > MAX_CUSTOMERS {
+        errors.push(err(
+            "spec.customerToPlacement",
+            format!(
+                "lists {} customers, over the limit of {MAX_CUSTOMERS}",
+                spec.customer_to_placement.len()
+            ),
+        ));
+    }
+    for (customer, placement) in &spec.customer_to_placement {
+        let field = key_path("spec.customerToPlacement", customer);
+        if let Err(why) = check_name(customer) {
+            errors.push(err(&field, format!("customer id {why}")));
+        }
+        if !spec.placement_to_endpoint.contains_key(placement) {
+            errors.push(err(
+                &field,
+                format!("placement `{placement}` has no endpoint in spec.placementToEndpoint"),
+            ));
+        }
+    }
+    let used: BTreeSet<&str> = spec
+        .customer_to_placement
+        .values()
+        .map(String::as_str)
+        .chain(std::iter::once(spec.default_placement.as_str()))
+        .collect();
+    spec.placement_to_endpoint
+        .keys()
+        .filter(|p| !used.contains(p.as_str()))
+        .map(|p| Warning {
+            field: key_path("spec.placementToEndpoint", p),
+            message: "placement has no customers and is not the default placement".to_owned(),
+        })
+        .collect()
+}
+
+fn err(field: &str, message: String) -> ValidationError {
+    ValidationError {
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// `map.key` for plain keys, `map["k e y"]` for keys that need quoting.
+pub fn key_path(map: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if plain {
+        format!("{map}.{key}")
+    } else {
+        format!("{map}[{key:?}]")
+    }
+}
+
+/// Customer ids and placement names: non-empty, bounded, printable, no surrounding spaces.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long, over the limit of {MAX_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_graphic() || *c == ' ')) {
+        return Err(format!("contains the non-printable or non-ASCII character {c:?}"));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return Err("has leading or trailing spaces".to_owned());
+    }
+    Ok(())
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    const SEPARATORS: &[u8] = b"\"(),/:;<=>?@[\\]{}";
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!("is over {MAX_NAME_BYTES} bytes"));
+    }
+    match name
+        .bytes()
+        .find(|b| !b.is_ascii_graphic() || SEPARATORS.contains(b))
+    {
+        Some(b) => Err(format!(
+            "`{name}` is not a valid HTTP header name (bad character {:?})",
+            b as char
+        )),
+        None => Ok(()),
+    }
+}
+
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    if endpoint.len() > MAX_ENDPOINT_BYTES {
+        return Err(format!("endpoint is over {MAX_ENDPOINT_BYTES} bytes"));
+    }
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| format!("endpoint `{endpoint}` is not an absolute URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "endpoint `{endpoint}` must use http or https, not `{}`",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("endpoint `{endpoint}` has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("endpoint `{endpoint}` must not carry credentials"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("endpoint `{endpoint}` must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn manifest(spec: RoutingConfigSpec) -> RoutingConfigManifest {
+        RoutingConfigManifest {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: ObjectMeta::default(),
+            spec,
+            status: None,
+        }
+    }
+
+    fn spec(customers: &[(&str, &str)], endpoints: &[(&str, &str)], default: &str) -> RoutingConfigSpec {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        RoutingConfigSpec {
+            customer_header: "X-Customer-ID".to_owned(),
+            default_placement: default.to_owned(),
+            customer_to_placement: map(customers),
+            placement_to_endpoint: map(endpoints),
+        }
+    }
+
+    fn fields(result: Result<ValidatedConfig, ValidationErrors>) -> Vec<String> {
+        result.unwrap_err().0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_config_lowercases_header_and_warns_on_unused_placement() {
+        let cfg = validate(manifest(spec(
+            &[("acme", "t1")],
+            &[("t1", "http://a:1"), ("t2", "https://b/x"), ("t3", "http://c:3")],
+            "t3",
+        )))
+        .unwrap();
+        assert_eq!(cfg.spec().customer_header, "x-customer-id");
+        let warned: Vec<_> = cfg.warnings().iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(warned, ["spec.placementToEndpoint.t2"]);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_key() {
+        let mut m = manifest(spec(
+            &[("acme", "missing"), ("", "t1"), ("bad\u{7}", "t1")],
+            &[("t1", "ftp://a"), ("t2", "http://"), ("t3", "not a url")],
+            "nowhere",
+        ));
+        m.kind = "Ingress".to_owned();
+        let got = fields(validate(m));
+        assert_eq!(
+            got,
+            [
+                "kind",
+                "spec.placementToEndpoint.t1",
+                "spec.placementToEndpoint.t2",
+                "spec.placementToEndpoint.t3",
+                "spec.defaultPlacement",
+                "spec.customerToPlacement[\"\"]",
+                "spec.customerToPlacement.acme",
+                "spec.customerToPlacement[\"bad\\u{7}\"]",
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        let long = "c".repeat(MAX_NAME_BYTES + 1);
+        let got = fields(validate(manifest(spec(
+            &[(&long, "t1")],
+            &[("t1", "http://a")],
+            "t1",
+        ))));
+        assert_eq!(got, [format!("spec.customerToPlacement.{long}")]);
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        for bad in [
+            "http://user:pw@h",
+            "http://h?x=1",
+            "http://h#f",
+            "/relative",
+            "unix:///x",
+        ] {
+            assert!(check_endpoint(bad).is_err(), "{bad} accepted");
+        }
+        for good in [
+            "http://h",
+            "https://h:8443/base",
+            "http://[::1]:80",
+            "http://10.0.0.1:9001",
+        ] {
+            assert!(check_endpoint(good).is_ok(), "{good} rejected");
+        }
+    }
+
+    #[test]
+    fn hash_ignores_metadata_and_source_order() {
+        let a = validate(manifest(spec(
+            &[("x", "t1"), ("y", "t1")],
+            &[("t1", "http://a")],
+            "t1",
+        )))
+        .unwrap();
+        let mut m = manifest(spec(&[("y", "t1"), ("x", "t1")], &[("t1", "http://a")], "t1"));
+        m.metadata.name = Some("other".to_owned());
+        assert_eq!(a.hash(), validate(m).unwrap().hash());
+    }
+}
