@@ -341,7 +341,9 @@ impl Applier {
         trigger: Trigger,
     ) -> Result<Applied, ApplyError> {
         if let Err(e) = &result {
-            if matches!(e, ApplyError::ShuttingDown) {
+            // Only rejected *content* counts as a failed reload: a mistyped rollback generation
+            // or a shutdown must not trip reload-failure alerts.
+            if matches!(e, ApplyError::ShuttingDown | ApplyError::Rollback(_)) {
                 return result;
             }
             let now = SystemTime::now();
@@ -371,6 +373,9 @@ impl Applier {
 enum Input {
     Bytes(Vec<u8>),
     Validated(Arc<ValidatedConfig>),
+    /// Lets unit tests prove that a panic while building leaves the active table alone.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Parses, validates, diffs and compiles a candidate. Runs on a blocking thread.
@@ -385,6 +390,8 @@ fn build(
     let config = match input {
         Input::Bytes(bytes) => Arc::new(routing_model::load(&bytes, limits)?),
         Input::Validated(config) => config,
+        #[cfg(test)]
+        Input::Panic => panic!("injected build panic"),
     };
     if let Some((prev, _)) = &previous
         && prev.hash() == config.hash()
@@ -427,5 +434,97 @@ fn panic_message(e: tokio::task::JoinError) -> String {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "panic".to_owned()),
         Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(acme: &str) -> Vec<u8> {
+        format!(
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec:\n  defaultPlacement: t1\n  customerToPlacement: {{acme: {acme}}}\n  placementToEndpoint: {{t1: 'http://127.0.0.1:1', t2: 'http://127.0.0.1:2'}}\n"
+        )
+        .into_bytes()
+    }
+
+    fn setup() -> (Applier, Arc<SharedState>, Arc<Metrics>) {
+        let state = Arc::new(SharedState::default());
+        let metrics = Metrics::new();
+        let applier = Applier {
+            state: state.clone(),
+            metrics: metrics.clone(),
+            config_path: None,
+            limits: ParseLimits::default(),
+        };
+        (applier, state, metrics)
+    }
+
+    async fn apply(applier: &Applier, input: Input) -> Result<Applied, ApplyError> {
+        let result = applier
+            .apply(input, Source::File, Trigger::AdminReload, String::new(), None)
+            .await;
+        applier.record(result, Source::File, Trigger::AdminReload)
+    }
+
+    fn generation(state: &SharedState) -> u64 {
+        state.active.load().as_ref().map_or(0, |a| a.generation)
+    }
+
+    #[tokio::test]
+    async fn identical_content_is_a_no_op() {
+        let (applier, state, metrics) = setup();
+        let first = apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        assert!(first.changed);
+        let again = apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        assert!(!again.changed);
+        assert_eq!(generation(&state), 1);
+        assert_eq!(metrics.reload_success.get(), 1);
+        assert_eq!(state.history().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_input_and_panics_leave_the_active_table() {
+        let (applier, state, metrics) = setup();
+        apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        let before = state.active.load_full().unwrap();
+
+        let err = apply(&applier, Input::Bytes(doc("t9"))).await.unwrap_err();
+        assert!(err.to_string().contains("spec.customerToPlacement.acme"), "{err}");
+        let panicked = apply(&applier, Input::Panic).await.unwrap_err();
+        assert!(
+            matches!(panicked, ApplyError::Panicked(ref m) if m.contains("injected")),
+            "{panicked}"
+        );
+
+        let after = state.active.load_full().unwrap();
+        assert!(Arc::ptr_eq(&before, &after), "the active table was replaced");
+        assert_eq!(metrics.reload_failure.get(), 2);
+        assert!(state.last_error().unwrap().error.contains("injected"));
+    }
+
+    #[tokio::test]
+    async fn rollback_reapplies_history_as_a_new_generation() {
+        let (applier, state, _) = setup();
+        let a = apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        apply(&applier, Input::Bytes(doc("t2"))).await.unwrap();
+        let target = applier.rollback_target(None).unwrap();
+        assert_eq!(target.generation, 1);
+        let rolled = applier
+            .apply(
+                Input::Validated(target.config),
+                Source::Rollback,
+                Trigger::AdminRollback,
+                String::new(),
+                Some(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (rolled.generation, rolled.hash, rolled.rolled_back_to),
+            (3, a.hash, Some(1))
+        );
+        assert_eq!(state.history()[0].source, Source::Rollback);
+        assert!(applier.rollback_target(Some(99)).is_err());
     }
 }

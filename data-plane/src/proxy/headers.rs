@@ -41,11 +41,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds `x-forwarded-for` (appending the client), `x-forwarded-proto` and `x-forwarded-host`.
 pub fn add_forwarded(headers: &mut HeaderMap, remote: SocketAddr, original_host: Option<HeaderValue>) {
-    let client = remote.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {client}"),
-        _ => client,
-    };
+    // Several `x-forwarded-for` lines form one list (RFC 9110 §5.3): keep every hop.
+    let mut xff = String::new();
+    for prior in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        let prior = prior.trim();
+        if !prior.is_empty() {
+            xff.push_str(prior);
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&remote.ip().to_string());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
@@ -81,5 +90,15 @@ mod tests {
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "svc");
+    }
+
+    #[test]
+    fn keeps_every_forwarded_for_line() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2, 10.0.0.3"));
+        add_forwarded(&mut h, "127.0.0.1:5".parse().unwrap(), None);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1");
     }
 }

@@ -1,0 +1,29 @@
+//! Harness for cellroute's end-to-end tests.
+//!
+//! The tests in `tests/tests/` treat the data plane as a black box: they start the real
+//! `data-plane` binary, point it at in-process echo "cells", and talk to it over loopback
+//! sockets exactly as a client, an operator and Kubernetes would. This library holds what those
+//! tests share, one concern per module:
+//!
+//! - [`echo`]: an echo cell that answers every request with what it received;
+//! - [`process`]: start, signal, stop and read the logs of the real `data-plane` binary;
+//! - [`config`]: render RoutingConfig files and replace them the way editors and kubelet do;
+//! - [`admin`]: a client for the admin API and a parser for its metrics text;
+//! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
+//! - [`client`]: the HTTP plumbing the two clients share;
+//! - [`fixture`]: cells, config file, token file and data plane started together;
+//! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
+//!
+//! Everything here listens on and connects to 127.0.0.1 only.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod echo;
+pub mod fixture;
+pub mod process;
+pub mod proxy;
+pub mod wait;

@@ -1,0 +1,395 @@
+//! The real `data-plane` binary as a child process.
+//!
+//! [`DataPlane::start`] runs `data-plane run` on ephemeral loopback ports, learns the ports it
+//! bound from its `"message":"listening"` log lines, and from then on keeps every line it
+//! writes (stderr and stdout) in memory: a thread drains each pipe so the child can never block
+//! on a full pipe, tests can wait for a log line, and a failing test prints the logs. The child
+//! is killed when the [`DataPlane`] is dropped.
+//!
+//! Binaries are found in the cargo target directory next to the test executable
+//! (`<target>/<profile>/deps/<test>-<hash>` → `<target>/<profile>/data-plane`), or in
+//! `CELLROUTE_BIN_DIR` when that is set. Without `CELLROUTE_BIN_DIR`, the first start in a test
+//! process runs `cargo build -p data-plane --bins` so that `cargo test` alone never tests a stale
+//! binary: cargo only builds the tested package's own binaries for its integration tests.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::wait::POLL_INTERVAL;
+
+/// How long a data plane may take to bind both listeners.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The environment variable that points at prebuilt binaries (and disables the build step).
+pub const BIN_DIR_ENV: &str = "CELLROUTE_BIN_DIR";
+
+/// Lines of log printed when a test fails while a data plane is running.
+const LOG_LINES_ON_FAILURE: usize = 300;
+
+/// The directory holding the workspace's binaries, built first when needed.
+///
+/// # Panics
+///
+/// When the build fails: every test that needs the binary would fail anyway, and the cargo
+/// output explains why.
+pub fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+            return PathBuf::from(dir);
+        }
+        let dir = profile_dir();
+        build_binaries(&dir);
+        dir
+    })
+    .clone()
+}
+
+/// The full path of the workspace binary `name`.
+pub fn bin_path(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// `<target>/<profile>`: the grandparent of the running test executable.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| {
+            panic!(
+                "test executable {} is not in <target>/<profile>/deps",
+                exe.display()
+            )
+        })
+        .to_owned()
+}
+
+/// Builds the data plane into the target directory and profile this test was built with.
+fn build_binaries(profile_dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let mut cmd = Command::new(cargo);
+    // Only the binaries the tests run: building `--workspace` would unify features across
+    // every crate and relink the data plane differently from `cargo build -p data-plane`.
+    cmd.args(["build", "--quiet", "-p", "data-plane", "--bins"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    match profile_dir.file_name().and_then(OsStr::to_str) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed with {status}");
+}
+
+/// Runs a workspace binary to completion (for one-shot commands such as `data-plane validate`).
+///
+/// # Panics
+///
+/// When the binary cannot be started.
+pub fn run_to_completion(name: &str, args: &[&OsStr]) -> Output {
+    let path = bin_path(name);
+    Command::new(&path)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()))
+}
+
+/// Every line a child has written so far, shared with the threads that drain its pipes.
+#[derive(Debug, Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    /// A copy of all lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().expect("log buffer poisoned").clone()
+    }
+
+    /// All lines so far that are JSON objects (the structured log records).
+    pub fn records(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    /// How many structured records so far satisfy `pred`.
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.records().iter().filter(|r| pred(r)).count()
+    }
+
+    /// The last `n` lines joined, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().expect("log buffer poisoned").push(line);
+    }
+
+    /// Drains `pipe` line by line on a thread until it closes.
+    fn drain(&self, pipe: impl Read + Send + 'static) {
+        let logs = self.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&buf);
+                logs.push(line.trim_end_matches(['\n', '\r']).to_owned());
+                buf.clear();
+            }
+        });
+    }
+}
+
+/// A string field of a log record, looked up at the top level and then under `fields` (in case
+/// a formatter does not flatten event fields).
+pub fn field<'v>(record: &'v Value, name: &str) -> Option<&'v str> {
+    record
+        .get(name)
+        .or_else(|| record.get("fields").and_then(|f| f.get(name)))
+        .and_then(Value::as_str)
+}
+
+/// True for an audit record (`"target":"audit"`) whose message is `message`.
+pub fn is_audit(record: &Value, message: &str) -> bool {
+    field(record, "target") == Some("audit") && field(record, "message") == Some(message)
+}
+
+/// A running `data-plane run`.
+#[derive(Debug)]
+pub struct DataPlane {
+    child: Child,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    logs: Logs,
+    exit: Option<ExitStatus>,
+}
+
+impl DataPlane {
+    /// Starts `data-plane run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json
+    /// --config CONFIG [--admin-token-file TOKEN] ARGS...` and waits until both servers listen.
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be built or started, or has not logged both listening addresses
+    /// within [`STARTUP_TIMEOUT`]; the panic message includes its logs.
+    pub async fn start(config: &Path, token_file: Option<&Path>, args: &[&str]) -> Self {
+        let bin = tokio::task::spawn_blocking(|| bin_path("data-plane"))
+            .await
+            .expect("binary build task");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .arg("--config")
+            .arg(config);
+        if let Some(token_file) = token_file {
+            cmd.arg("--admin-token-file").arg(token_file);
+        }
+        cmd.args(args).env_remove("RUST_LOG");
+        // Every flag can also come from a CELLROUTE_* variable; a developer's shell must not
+        // change what a test runs (CELLROUTE_NO_WATCH would silently disable the watcher).
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CELLROUTE_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let logs = Logs::default();
+        logs.drain(child.stderr.take().expect("piped stderr"));
+        logs.drain(child.stdout.take().expect("piped stdout"));
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let records = logs.records();
+            let proxy = listening_addr(&records, "proxy");
+            let admin = listening_addr(&records, "admin");
+            if let (Some(proxy_addr), Some(admin_addr)) = (proxy, admin) {
+                return Self {
+                    child,
+                    proxy_addr,
+                    admin_addr,
+                    logs,
+                    exit: None,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Give the drain threads a moment to collect the last words.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "{cmd:?} exited with {status} before listening; logs:\n{}",
+                    logs.tail(LOG_LINES_ON_FAILURE)
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{cmd:?} did not log both listening addresses within {STARTUP_TIMEOUT:?}; logs:\n{}",
+                    logs.tail(LOG_LINES_ON_FAILURE)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The proxy listener's address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The logs collected so far.
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.poll_exit().is_none()
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn sighup(&self) {
+        self.signal(rustix::process::Signal::HUP);
+    }
+
+    /// Sends SIGTERM (drain and exit).
+    pub fn sigterm(&self) {
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("cannot send {signal:?} to data plane {}: {e}", self.pid()));
+    }
+
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().expect("poll the data plane's status");
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit, returning its status if it did.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.poll_exit() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits up to `timeout` for a structured log record satisfying `pred`, and returns it.
+    ///
+    /// # Panics
+    ///
+    /// When no such record appears in time; the message includes the recent logs.
+    pub async fn wait_for_log(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.logs.records().into_iter().find(|r| pred(r)) {
+                return record;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no log record for {what} within {timeout:?}; logs:\n{}",
+                    self.logs.tail(LOG_LINES_ON_FAILURE)
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// The address in the `"message":"listening"` record of `listener`, if logged yet.
+fn listening_addr(records: &[Value], listener: &str) -> Option<SocketAddr> {
+    records
+        .iter()
+        .filter(|r| field(r, "message") == Some("listening") && field(r, "listener") == Some(listener))
+        .find_map(|r| field(r, "addr")?.parse().ok())
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        if self.poll_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- data plane (pid {}) logs, last {LOG_LINES_ON_FAILURE} lines ----\n{}\n---- end of data plane logs ----",
+                self.child.id(),
+                self.logs.tail(LOG_LINES_ON_FAILURE)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_listening_addresses_in_flat_or_nested_records() {
+        let records: Vec<Value> = [
+            r#"{"level":"INFO","message":"starting"}"#,
+            r#"{"message":"listening","listener":"proxy","addr":"127.0.0.1:40123","target":"data_plane"}"#,
+            r#"{"fields":{"message":"listening","listener":"admin","addr":"127.0.0.1:40124"}}"#,
+        ]
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        assert_eq!(
+            listening_addr(&records, "proxy"),
+            Some("127.0.0.1:40123".parse().unwrap())
+        );
+        assert_eq!(
+            listening_addr(&records, "admin"),
+            Some("127.0.0.1:40124".parse().unwrap())
+        );
+        assert_eq!(listening_addr(&records, "metrics"), None);
+    }
+
+    #[test]
+    fn audit_records_are_recognised() {
+        let record: Value =
+            serde_json::from_str(r#"{"target":"audit","message":"config rejected"}"#).unwrap();
+        assert!(is_audit(&record, "config rejected"));
+        assert!(!is_audit(&record, "config applied"));
+    }
+}
