@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use cellroute_telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
 
 /// cellroute data plane: routes each HTTP request to the cell (placement) that owns its customer.
 #[derive(Debug, Parser)]
@@ -25,15 +26,6 @@ pub enum Command {
     /// Prints every error with the key it concerns and exits 1, or prints a summary (and, with
     /// --against, what would change) and exits 0.
     Validate(ValidateArgs),
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line, fields at the top level.
-    Json,
 }
 
 /// Flags of `data-plane run`.

@@ -22,6 +22,5 @@ pub mod proxy;
 pub mod run;
 pub mod source;
 pub mod state;
-pub mod telemetry;
 pub mod upstream;
 pub mod validate_cmd;

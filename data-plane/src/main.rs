@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => data_plane::validate_cmd::run(&args),
         Command::Run(args) => {
-            data_plane::telemetry::init(args.log_format, &args.log_level);
+            cellroute_telemetry::init(args.log_format, &args.log_level);
             match data_plane::run::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

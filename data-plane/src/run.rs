@@ -60,7 +60,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             if args.no_watch {
                 None
             } else {
-                Some(source::file_watch::watch(
+                Some(source::reload_on_change(
                     path,
                     args.reload_debounce,
                     applier.clone(),

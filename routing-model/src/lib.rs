@@ -14,15 +14,21 @@
 //!   is a single hash probe;
 //! - [`diff`]: what changed between two configs, for audit logs and history.
 //!
+//! - [`crd`] (feature `kube`): the `RoutingConfig` custom resource and its status, derived from
+//!   the same spec type, for the control plane and `crdgen`.
+//!
 //! This crate never does I/O: callers read bytes and decide what to do with errors.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+#[cfg(feature = "kube")]
+pub mod crd;
 pub mod diff;
 pub mod hash;
 pub mod manifest;
 pub mod parse;
+pub mod schema;
 pub mod table;
 pub mod validate;
 

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The API group and version every RoutingConfig must declare.
@@ -48,21 +47,82 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
 }
 
-/// Which cell serves which customer, and where each cell is reached.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+/// Which cell (placement) serves which customer, and where each cell is reached.
+//
+// With the `kube` feature this type also derives the `RoutingConfig` custom resource. Its doc
+// comments become the CRD's field descriptions (`kubectl explain`), so they are written for
+// users. Schema bounds and CEL rules come from the attributes below, next to the fields, and
+// `crate::validate` enforces the same rules (and more) in every binary.
+// Several `printcolumn(...)` entries legitimately repeat `type_ = "string"`.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[cfg_attr(not(feature = "kube"), derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "kube", derive(kube::CustomResource, kube::KubeSchema))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "cellroute.dev",
+        version = "v1alpha1",
+        kind = "RoutingConfig",
+        namespaced,
+        shortname = "rtc",
+        status = "crate::crd::RoutingConfigStatus",
+        doc = "Routing of customers to cells (placements) and of placements to endpoints, pushed by the cellroute control plane to its data planes.",
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            description = "Whether the control plane accepted the current generation",
+            json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+        ),
+        printcolumn(
+            name = "Version",
+            type_ = "integer",
+            description = "Generation of the snapshot being served",
+            json_path = ".status.snapshot.version"
+        ),
+        printcolumn(
+            name = "Synced",
+            type_ = "string",
+            description = "Data planes that applied the served version / data planes connected",
+            json_path = ".status.dataPlanes.summary"
+        ),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
+// Client-side evaluation of the CEL rules, for unit tests only (the apiserver enforces them).
+#[cfg_attr(all(feature = "kube", test), kube(cel))]
+#[cfg_attr(
+    feature = "kube",
+    x_kube(
+        validation = Rule::new("self.defaultPlacement in self.placementToEndpoint")
+            .message("rule default-placement-has-endpoint: spec.defaultPlacement names a placement that has no endpoint in spec.placementToEndpoint")
+            .reason(Reason::FieldValueInvalid)
+            .field_path(".defaultPlacement"),
+        validation = Rule::new("!has(self.customerToPlacement) || self.customerToPlacement.all(c, self.customerToPlacement[c] in self.placementToEndpoint)")
+            .message("rule customer-placements-have-endpoints: a customer in spec.customerToPlacement names a placement that has no endpoint in spec.placementToEndpoint")
+            .reason(Reason::FieldValueInvalid)
+            .field_path(".customerToPlacement"),
+    )
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RoutingConfigSpec {
     /// HTTP request header that carries the customer id. Case-insensitive; defaults to
     /// `x-customer-id`.
     #[serde(default = "default_customer_header")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
     pub customer_header: String,
     /// Placement that serves every customer not listed in `customerToPlacement`, and requests
     /// without a customer header. Must have an endpoint in `placementToEndpoint`.
+    #[schemars(length(min = 1, max = 253))]
     pub default_placement: String,
-    /// Customer id to placement name. Every placement named here must have an endpoint.
+    /// Customer id to placement name. Every placement named here must have an endpoint in
+    /// `placementToEndpoint`. Ids are matched exactly against the customer header.
     #[serde(default)]
+    #[schemars(schema_with = "crate::schema::customer_map")]
     pub customer_to_placement: BTreeMap<String, String>,
-    /// Placement name to the absolute `http`/`https` URL of the cell that serves it.
+    /// Placement name to the absolute `http`/`https` URL of the cell that serves it. A path in
+    /// the URL is prefixed to every forwarded request path.
+    #[schemars(schema_with = "crate::schema::endpoint_map")]
     pub placement_to_endpoint: BTreeMap<String, String>,
 }
 

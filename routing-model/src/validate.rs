@@ -16,6 +16,8 @@ use crate::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest, Rout
 pub const MAX_NAME_BYTES: usize = 253;
 /// Most customers one RoutingConfig may list.
 pub const MAX_CUSTOMERS: usize = 10_000_000;
+/// Most placements one RoutingConfig may declare.
+pub const MAX_PLACEMENTS: usize = 1_000;
 /// Longest accepted endpoint URL, in bytes.
 pub const MAX_ENDPOINT_BYTES: usize = 2048;
 

@@ -1,11 +1,21 @@
-//! Logging setup: one switch between plain and JSON, always to stderr so stdout stays free for
-//! command output.
+//! Logging setup shared by the cellroute binaries: one switch between plain and JSON, always to
+//! stderr so stdout stays free for command output.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line, fields at the top level.
+    Json,
+}
 
 /// Installs the global subscriber. An unparsable filter falls back to `info` with a warning.
 pub fn init(format: LogFormat, filter: &str) {

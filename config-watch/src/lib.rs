@@ -1,10 +1,17 @@
-//! Watching the `--config` file for changes.
+//! Watching one config file for changes, for every binary that hot-reloads a file.
 //!
 //! The watch is on the file's parent directory, not the file: editors save by writing a temp
 //! file and renaming it over the original, and Kubernetes ConfigMap volumes swap a `..data`
 //! symlink, and both replace the inode a file watch would be attached to. Events are debounced
 //! (default 100 ms) so one save that touches the file several times causes one reload, and
 //! events for unrelated or temporary files in the directory are ignored.
+//!
+//! The watch only *signals*: [`watch`] returns a channel that yields `()` per burst of
+//! changes, and the caller re-reads and validates the file. A pending signal absorbs further
+//! ones, so a slow reader never queues stale work.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -13,10 +20,6 @@ use std::time::Duration;
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-use crate::applier::ApplierHandle;
-use crate::state::Trigger;
 
 /// Why the watch could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -70,16 +73,12 @@ fn is_temp_file(name: &str) -> bool {
         || name == "4913"
 }
 
-/// Starts watching `config`; each relevant change asks the applier to reload the file.
-pub fn watch(
-    config: &Path,
-    debounce: Duration,
-    applier: ApplierHandle,
-    shutdown: CancellationToken,
-) -> Result<FileWatch, WatchError> {
+/// Starts watching `config`. The receiver yields once per debounced burst of relevant changes;
+/// it closes when the returned [`FileWatch`] is dropped.
+pub fn watch(config: &Path, debounce: Duration) -> Result<(FileWatch, mpsc::Receiver<()>), WatchError> {
     let (dirs, relevance) = watch_targets(config)?;
     // A capacity of one coalesces bursts: a pending trigger already means "reload soon".
-    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let (tx, rx) = mpsc::channel::<()>(1);
     let filter = relevance.clone();
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| match result {
         Ok(events) => {
@@ -107,23 +106,14 @@ pub fn watch(
                 dir: dir.clone(),
                 source,
             })?;
-        tracing::info!(dir = %dir.display(), "watching config directory");
+        tracing::info!(dir = %dir.display(), file = %config.display(), "watching config directory");
     }
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                got = rx.recv() => {
-                    if got.is_none() { break; }
-                    // Failures are counted, logged and shown by the applier.
-                    let _ = applier.reload_file(Trigger::Watch).await;
-                }
-            }
-        }
-    });
-    Ok(FileWatch {
-        _debouncer: debouncer,
-    })
+    Ok((
+        FileWatch {
+            _debouncer: debouncer,
+        },
+        rx,
+    ))
 }
 
 /// The directories to watch and the file names that matter in them: the config path's own

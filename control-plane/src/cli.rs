@@ -1,0 +1,94 @@
+//! Command-line flags; every flag of `run` can also be set by a `CELLROUTE_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cellroute_telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
+
+/// cellroute control plane: validates RoutingConfigs and serves them to data planes.
+#[derive(Debug, Parser)]
+#[command(name = "control-plane", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: watch RoutingConfigs (in a cluster, or one file with --from-file),
+    /// validate them, report status, and serve snapshots.
+    Run(RunArgs),
+    /// Check a RoutingConfig file with the same rules the control plane and data planes apply;
+    /// exit 1 on errors.
+    Validate {
+        /// The RoutingConfig file (YAML or JSON).
+        file: PathBuf,
+    },
+}
+
+/// Flags of `control-plane run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Serve one RoutingConfig manifest from this file instead of watching a cluster. The file is
+    /// hot-reloaded (change, SIGHUP) and an invalid version never replaces a valid one.
+    #[arg(long, env = "CELLROUTE_FROM_FILE", value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+
+    /// Address of the HTTP server (health, readiness, metrics, debug). Restart to change.
+    #[arg(long, env = "CELLROUTE_LISTEN", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+
+    /// Watch RoutingConfigs in this namespace only (default: all namespaces).
+    #[arg(long, env = "CELLROUTE_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// This replica's identity in leader election (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease; replicas sharing it elect one status writer.
+    #[arg(long, env = "CELLROUTE_LEASE_NAME", default_value = "cellroute-control-plane")]
+    pub lease_name: String,
+
+    /// Seconds a leader's lease stays valid without renewal; a crashed leader is replaced after
+    /// at most this long (a clean shutdown releases it at once).
+    #[arg(long, env = "CELLROUTE_LEASE_DURATION", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration: u64,
+
+    /// Largest accepted config file for --from-file, in bytes.
+    #[arg(long, env = "CELLROUTE_MAX_CONFIG_BYTES", default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
+    pub max_config_bytes: usize,
+
+    /// How long file events are collected before one reload (--from-file).
+    #[arg(long, env = "CELLROUTE_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub reload_debounce: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CELLROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (for example `info` or `info,kube=debug`).
+    #[arg(long, env = "CELLROUTE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

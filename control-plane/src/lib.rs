@@ -1,0 +1,24 @@
+//! The cellroute control plane.
+//!
+//! It validates RoutingConfigs with the shared `routing-model` rules and keeps, per object, the
+//! last valid snapshot to serve. One module per concern:
+//! - [`source`]: where RoutingConfigs come from (Kubernetes, or a file) behind one trait;
+//! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
+//! - [`status`]: what an object's status should say, as a pure function;
+//! - [`leader`]: the lease that picks the one replica writing status and Events;
+//! - [`http`]: health, readiness, metrics and debug endpoints;
+//! - [`metrics`], [`cli`], [`crd`] (the generated CRD), [`run`] (wiring and shutdown).
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod cli;
+pub mod crd;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod snapshot;
+pub mod source;
+pub mod status;
+pub mod validate_cmd;

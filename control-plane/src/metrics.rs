@@ -1,0 +1,114 @@
+//! The control plane's Prometheus metrics, registered in one place.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Outcome of one reconcile (or one file reload).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileResult {
+    /// A new version is served.
+    Accepted,
+    /// The version failed validation; the previous one is still served.
+    Rejected,
+    /// Nothing new.
+    Unchanged,
+    /// The reconcile failed (for example a status write) and is retried.
+    Error,
+}
+
+impl ReconcileResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
+            Self::Unchanged => "unchanged",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// All metrics, plus the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    /// Versions rejected by validation.
+    pub validation_failures: Counter,
+    /// Time to validate and build one snapshot.
+    pub snapshot_build: Histogram,
+    /// Status subresource writes.
+    pub status_writes: Counter,
+    /// 1 while this replica holds the leader lease.
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let validation_failures = Counter::default();
+        let snapshot_build = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let status_writes = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "cellroute_reconciles",
+            "RoutingConfig versions processed, by result (accepted, rejected, unchanged, error)",
+            reconciles.clone(),
+        );
+        registry.register(
+            "cellroute_validation_failures",
+            "RoutingConfig versions rejected by validation",
+            validation_failures.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_build_seconds",
+            "Time to validate and build one snapshot",
+            snapshot_build.clone(),
+        );
+        registry.register(
+            "cellroute_status_writes",
+            "RoutingConfig status writes (skipped when nothing changed)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "cellroute_leader",
+            "1 while this replica holds the leader lease and writes status",
+            leader.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            reconciles,
+            validation_failures,
+            snapshot_build,
+            status_writes,
+            leader,
+        })
+    }
+
+    /// Counts one processed version.
+    pub fn reconciled(&self, result: ReconcileResult) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        out
+    }
+}

@@ -1,0 +1,260 @@
+//! The snapshots the control plane serves, one per RoutingConfig object.
+//!
+//! Sources (the Kubernetes controller or a watched file) offer each new version of an object
+//! here. A valid version becomes the served snapshot; an invalid one is recorded as the object's
+//! rejection while the previous valid snapshot keeps being served. Versions never go backwards
+//! within a lineage (one object `uid`, or one file); a re-created object starts a new lineage.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use routing_model::{ContentHash, ValidatedConfig};
+use serde::Serialize;
+use tokio::sync::watch;
+
+/// Which object a snapshot belongs to: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An accepted, servable version of one object.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// The object.
+    pub key: ObjectKey,
+    /// The object's identity across delete and re-create: its `uid`, or `file:<path>`.
+    pub lineage: String,
+    /// Rises with every accepted change within a lineage (the object's `metadata.generation`).
+    pub version: i64,
+    /// Content hash of the spec.
+    pub hash: ContentHash,
+    /// When it was accepted.
+    #[serde(serialize_with = "unix_seconds")]
+    pub accepted_at: SystemTime,
+    /// The validated config.
+    #[serde(skip)]
+    pub config: Arc<ValidatedConfig>,
+}
+
+/// A version of an object that failed validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    /// Lineage of the rejected version.
+    pub lineage: String,
+    /// Its version.
+    pub version: i64,
+    /// Every problem, naming the keys.
+    pub error: String,
+}
+
+/// Everything the control plane knows about one object.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObjectState {
+    /// The snapshot being served, if any version was ever valid.
+    pub served: Option<Arc<Snapshot>>,
+    /// The newest version, when it was rejected (cleared when a newer version is accepted).
+    pub rejection: Option<Rejection>,
+}
+
+/// What [`SnapshotStore::offer`] did with a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    /// It is now the served snapshot.
+    Accepted,
+    /// It was already served (same lineage and version), or older than what is served.
+    Unchanged,
+    /// It failed validation; the previous snapshot (if any) is still served.
+    Rejected,
+}
+
+/// All served snapshots, shared between sources (writers) and readers.
+pub struct SnapshotStore {
+    objects: RwLock<BTreeMap<ObjectKey, ObjectState>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for SnapshotStore {
+    fn default() -> Self {
+        Self {
+            objects: RwLock::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl SnapshotStore {
+    /// Offers one version of an object: `Ok` with its validated config, or `Err` with why it
+    /// is invalid.
+    pub fn offer(
+        &self,
+        key: &ObjectKey,
+        lineage: &str,
+        version: i64,
+        candidate: Result<ValidatedConfig, String>,
+    ) -> Offered {
+        let mut objects = self
+            .objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = objects.entry(key.clone()).or_default();
+        let outcome = match candidate {
+            Ok(config) => {
+                let stale = state
+                    .served
+                    .as_ref()
+                    .is_some_and(|s| s.lineage == lineage && s.version >= version);
+                if stale {
+                    Offered::Unchanged
+                } else {
+                    state.served = Some(Arc::new(Snapshot {
+                        key: key.clone(),
+                        lineage: lineage.to_owned(),
+                        version,
+                        hash: config.hash(),
+                        accepted_at: SystemTime::now(),
+                        config: Arc::new(config),
+                    }));
+                    state.rejection = None;
+                    Offered::Accepted
+                }
+            }
+            Err(error) => {
+                let repeated = state
+                    .rejection
+                    .as_ref()
+                    .is_some_and(|r| r.lineage == lineage && r.version == version && r.error == error);
+                state.rejection = Some(Rejection {
+                    lineage: lineage.to_owned(),
+                    version,
+                    error,
+                });
+                if repeated {
+                    Offered::Unchanged
+                } else {
+                    Offered::Rejected
+                }
+            }
+        };
+        drop(objects);
+        if outcome != Offered::Unchanged {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        outcome
+    }
+
+    /// Forgets an object (it was deleted). Data planes keep their last-known-good table.
+    pub fn remove(&self, key: &ObjectKey) -> bool {
+        let removed = self
+            .objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key)
+            .is_some();
+        if removed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        removed
+    }
+
+    /// The state of one object.
+    pub fn get(&self, key: &ObjectKey) -> Option<ObjectState> {
+        self.objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    /// Every object, in key order.
+    pub fn list(&self) -> Vec<(ObjectKey, ObjectState)> {
+        self.objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// A receiver that wakes on every change, for the snapshot push.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    s.serialize_f64(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use routing_model::ParseLimits;
+
+    fn config(default: &str) -> ValidatedConfig {
+        let doc = format!(
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec: {{defaultPlacement: {default}, placementToEndpoint: {{a: 'http://a', b: 'http://b'}}}}\n"
+        );
+        routing_model::load(doc.as_bytes(), ParseLimits::default()).unwrap()
+    }
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            namespace: "ns".into(),
+            name: "r".into(),
+        }
+    }
+
+    #[test]
+    fn rejection_keeps_the_served_snapshot() {
+        let store = SnapshotStore::default();
+        assert_eq!(store.offer(&key(), "u1", 1, Ok(config("a"))), Offered::Accepted);
+        assert_eq!(store.offer(&key(), "u1", 2, Err("bad".into())), Offered::Rejected);
+        assert_eq!(
+            store.offer(&key(), "u1", 2, Err("bad".into())),
+            Offered::Unchanged
+        );
+        let state = store.get(&key()).unwrap();
+        assert_eq!(state.served.unwrap().version, 1);
+        assert_eq!(state.rejection.unwrap().version, 2);
+    }
+
+    #[test]
+    fn versions_never_go_backwards_within_a_lineage() {
+        let store = SnapshotStore::default();
+        store.offer(&key(), "u1", 5, Ok(config("a")));
+        assert_eq!(store.offer(&key(), "u1", 4, Ok(config("b"))), Offered::Unchanged);
+        assert_eq!(store.offer(&key(), "u1", 5, Ok(config("a"))), Offered::Unchanged);
+        // A re-created object is a new lineage and starts again at generation 1.
+        assert_eq!(store.offer(&key(), "u2", 1, Ok(config("b"))), Offered::Accepted);
+        let served = store.get(&key()).unwrap().served.unwrap();
+        assert_eq!((served.lineage.as_str(), served.version), ("u2", 1));
+    }
+
+    #[test]
+    fn acceptance_clears_an_older_rejection_and_notifies() {
+        let store = SnapshotStore::default();
+        let rx = store.subscribe();
+        store.offer(&key(), "u1", 1, Err("bad".into()));
+        store.offer(&key(), "u1", 2, Ok(config("a")));
+        assert!(store.get(&key()).unwrap().rejection.is_none());
+        assert!(rx.has_changed().unwrap());
+        assert!(store.remove(&key()));
+        assert!(store.get(&key()).is_none());
+    }
+}

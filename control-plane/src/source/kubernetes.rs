@@ -1,0 +1,267 @@
+//! RoutingConfig custom resources, reconciled with kube-runtime's `Controller`.
+//!
+//! Every replica watches and validates every object, so every replica can serve snapshots.
+//! Only the replica holding the leader lease writes status and Events, so replicas never fight
+//! over the status (see [`crate::leader`]). A status write happens only when the computed status
+//! differs from the stored one, which makes restarts and resyncs write nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
+use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
+use routing_model::validate::validate;
+use tokio::sync::watch;
+
+use super::{ConfigSource, SourceContext};
+use crate::metrics::{Metrics, ReconcileResult};
+use crate::snapshot::{ObjectKey, SnapshotStore};
+use crate::status::{self, Decision};
+
+/// Field manager of the status this control plane writes.
+pub const FIELD_MANAGER: &str = "cellroute-control-plane";
+/// Events are cut to this many bytes (the API allows 1 kB).
+const MAX_EVENT_NOTE: usize = 1000;
+
+/// Why a reconcile failed; it is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The object lacks a field every stored object has.
+    #[error("RoutingConfig {0} has no {1}")]
+    MissingField(String, &'static str),
+    /// Writing the status failed.
+    #[error("cannot write the status of {0}: {1}")]
+    Status(String, #[source] kube::Error),
+}
+
+/// The Kubernetes source.
+pub struct KubernetesSource {
+    /// API client.
+    pub client: Client,
+    /// Watch one namespace only; `None` watches all.
+    pub namespace: Option<String>,
+    /// True while this replica holds the leader lease.
+    pub leader: watch::Receiver<bool>,
+    /// Name this control plane reports Events as.
+    pub reporter: String,
+}
+
+struct Ctx {
+    client: Client,
+    store: Arc<SnapshotStore>,
+    recorder: Recorder,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConfigSource for KubernetesSource {
+    fn run(self: Box<Self>, sctx: SourceContext) -> BoxFuture<'static, anyhow::Result<()>> {
+        async move {
+            let api: Api<RoutingConfig> = match &self.namespace {
+                Some(ns) => Api::namespaced(self.client.clone(), ns),
+                None => Api::all(self.client.clone()),
+            };
+            let (reader, writer) = reflector::store();
+            let on_event = event_hook(reader.clone(), sctx.store.clone(), sctx.ready.clone());
+            let stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .reflect(writer)
+                .inspect_ok(on_event)
+                .applied_objects()
+                .predicate_filter(predicates::generation, Default::default());
+            let ctx = Arc::new(Ctx {
+                client: self.client.clone(),
+                store: sctx.store.clone(),
+                recorder: Recorder::new(self.client.clone(), Reporter::from(self.reporter.clone())),
+                leader: self.leader.clone(),
+                metrics: sctx.metrics.clone(),
+            });
+            let shutdown = sctx.shutdown.clone();
+            Controller::for_stream(stream, reader)
+                .reconcile_all_on(became_leader(self.leader.clone()))
+                .graceful_shutdown_on(async move { shutdown.cancelled().await })
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "reconcile did not complete");
+                    }
+                })
+                .await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Keeps the snapshot store in step with deletions, and opens readiness after the first list.
+fn event_hook(
+    reader: Store<RoutingConfig>,
+    store: Arc<SnapshotStore>,
+    ready: super::Readiness,
+) -> impl FnMut(&watcher::Event<RoutingConfig>) {
+    move |event| match event {
+        watcher::Event::Delete(obj) => {
+            if let Some(key) = key_of(obj)
+                && store.remove(&key)
+            {
+                tracing::info!(target: "audit", object = %key, "RoutingConfig deleted; no longer served (data planes keep their last-known-good table)");
+            }
+        }
+        watcher::Event::InitDone => {
+            // Objects deleted while the watch was down produce no Delete event; a fresh list
+            // is the moment to forget them.
+            let present: std::collections::BTreeSet<ObjectKey> =
+                reader.state().iter().filter_map(|o| key_of(o)).collect();
+            for (key, _) in store.list() {
+                if !present.contains(&key) && store.remove(&key) {
+                    tracing::info!(target: "audit", object = %key, "RoutingConfig gone after re-list; no longer served");
+                }
+            }
+            ready.set();
+        }
+        _ => {}
+    }
+}
+
+/// Yields once every time this replica becomes the leader, so it writes every status it owes.
+fn became_leader(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            rx.changed().await.ok()?;
+            if *rx.borrow_and_update() {
+                return Some(((), rx));
+            }
+        }
+    })
+}
+
+fn key_of(obj: &RoutingConfig) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        namespace: obj.namespace()?,
+        name: obj.metadata.name.clone()?,
+    })
+}
+
+async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let name = obj.name_any();
+    let key = key_of(&obj).ok_or_else(|| ReconcileError::MissingField(name.clone(), "namespace"))?;
+    let uid = obj
+        .uid()
+        .ok_or_else(|| ReconcileError::MissingField(key.to_string(), "uid"))?;
+    let generation = obj.metadata.generation.unwrap_or(0);
+
+    let started = Instant::now();
+    let manifest = RoutingConfigManifest {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        metadata: ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+        },
+        spec: obj.spec.clone(),
+        status: None,
+    };
+    let candidate = validate(manifest).map_err(|e| e.to_string());
+    ctx.metrics
+        .snapshot_build
+        .observe(started.elapsed().as_secs_f64());
+    let offered = ctx.store.offer(&key, &uid, generation, candidate);
+    super::record(&ctx.metrics, &ctx.store, &key, generation, &offered);
+
+    if *ctx.leader.borrow() {
+        write_status(&obj, &key, &uid, generation, &ctx).await?;
+    }
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    obj: &RoutingConfig,
+    key: &ObjectKey,
+    uid: &str,
+    generation: i64,
+    ctx: &Ctx,
+) -> Result<(), ReconcileError> {
+    let state = ctx.store.get(key).unwrap_or_default();
+    let current = obj.status.as_ref();
+    let desired = status::desired(&status::Input {
+        generation,
+        uid,
+        state: &state,
+        current,
+        now: SystemTime::now(),
+    });
+    if current.is_some_and(|c| same_status(c, &desired)) {
+        return Ok(());
+    }
+    let api: Api<RoutingConfig> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "status": desired,
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|e| ReconcileError::Status(key.to_string(), e))?;
+    ctx.metrics.status_writes.inc();
+    if let Some(decision) = status::decision(current, &desired) {
+        publish(ctx, obj, decision).await;
+    }
+    Ok(())
+}
+
+/// Equal up to the order of conditions (the apiserver keeps list-map entries keyed, not ordered).
+fn same_status(a: &RoutingConfigStatus, b: &RoutingConfigStatus) -> bool {
+    let sorted = |s: &RoutingConfigStatus| {
+        let mut s = s.clone();
+        s.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+        s
+    };
+    sorted(a) == sorted(b)
+}
+
+async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
+    let (type_, reason, note) = match decision {
+        Decision::Accepted { message } => (EventType::Normal, "Accepted", message),
+        Decision::Rejected { message } => (EventType::Warning, "Rejected", message),
+    };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(cut(&note, MAX_EVENT_NOTE)),
+        action: "Validate".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        // An Event is a notification; failing to send one must not fail the reconcile.
+        tracing::warn!(object = %obj.name_any(), error = %e, "cannot publish Event");
+    }
+}
+
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+fn error_policy(obj: Arc<RoutingConfig>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconciled(ReconcileResult::Error);
+    tracing::warn!(object = %obj.name_any(), error = %error, "reconcile failed; retrying in 5s");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,308 @@
+//! What a RoutingConfig's status should say, computed as a pure function so it can be tested
+//! without a cluster and so that equal inputs always give an equal status.
+//!
+//! The status must not churn: a reconcile that finds nothing new must produce exactly the status
+//! already stored, so the control plane can skip the write (and its restarts change nothing).
+//! Times therefore have whole-second precision (what the apiserver stores), a condition's
+//! `lastTransitionTime` moves only when its `status` changes, and `acceptedAt` is kept while the
+//! served version is the same.
+
+use std::time::SystemTime;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use routing_model::crd::{CONDITION_ACCEPTED, CONDITION_SYNCED, RoutingConfigStatus, SnapshotStatus};
+
+use crate::snapshot::ObjectState;
+
+/// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
+const MAX_MESSAGE: usize = 4096;
+
+/// The inputs of one status computation.
+pub struct Input<'a> {
+    /// The object's `metadata.generation`.
+    pub generation: i64,
+    /// The object's `metadata.uid` (its lineage).
+    pub uid: &'a str,
+    /// What the store holds for the object.
+    pub state: &'a ObjectState,
+    /// The status currently stored on the object.
+    pub current: Option<&'a RoutingConfigStatus>,
+    /// Now.
+    pub now: SystemTime,
+}
+
+/// A decision worth an Event: it differs from what the stored status already says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The current generation was accepted.
+    Accepted {
+        /// The condition message.
+        message: String,
+    },
+    /// The current generation was rejected.
+    Rejected {
+        /// The condition message, naming the bad fields.
+        message: String,
+    },
+}
+
+/// The status the object should have.
+pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
+    let now = whole_seconds(input.now);
+    let served = input.state.served.as_ref().filter(|s| s.lineage == input.uid);
+    let rejection = input
+        .state
+        .rejection
+        .as_ref()
+        .filter(|r| r.lineage == input.uid && r.version == input.generation);
+    let accepted = match (rejection, served) {
+        (Some(r), _) => condition(
+            CONDITION_ACCEPTED,
+            "False",
+            "InvalidSpec",
+            truncate(&format!(
+                "generation {} rejected; {}{}",
+                input.generation,
+                r.error,
+                served.map_or_else(String::new, |s| format!(
+                    "; still serving generation {} ({})",
+                    s.version, s.hash
+                ))
+            )),
+        ),
+        (None, Some(s)) if s.version == input.generation => {
+            let spec = s.config.spec();
+            condition(
+                CONDITION_ACCEPTED,
+                "True",
+                "Valid",
+                format!(
+                    "generation {} accepted: {} customers, {} placements",
+                    s.version,
+                    spec.customer_to_placement.len(),
+                    spec.placement_to_endpoint.len()
+                ),
+            )
+        }
+        _ => condition(
+            CONDITION_ACCEPTED,
+            "Unknown",
+            "Pending",
+            format!("generation {} has not been validated yet", input.generation),
+        ),
+    };
+    let synced = condition(
+        CONDITION_SYNCED,
+        "Unknown",
+        "AwaitingDataPlaneReports",
+        "data planes do not report applied versions to this control plane yet".to_owned(),
+    );
+    let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
+    let conditions = [accepted, synced]
+        .into_iter()
+        .map(|mut c| {
+            c.observed_generation = Some(input.generation);
+            c.last_transition_time = current_conditions
+                .iter()
+                .find(|old| old.type_ == c.type_ && old.status == c.status)
+                .map_or_else(|| Time(now), |old| old.last_transition_time.clone());
+            c
+        })
+        .collect();
+    let snapshot = served.map(|s| {
+        let hash = s.hash.to_string();
+        let kept = input
+            .current
+            .and_then(|c| c.snapshot.as_ref())
+            .filter(|old| old.version == s.version && old.hash == hash)
+            .map(|old| old.accepted_at.clone());
+        SnapshotStatus {
+            version: s.version,
+            hash,
+            accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
+        }
+    });
+    RoutingConfigStatus {
+        observed_generation: Some(input.generation),
+        conditions,
+        snapshot,
+        data_planes: input.current.and_then(|c| c.data_planes.clone()),
+    }
+}
+
+/// The decision to announce with an Event, if the desired status says something the stored one
+/// did not (a new generation, or a changed `Accepted` status).
+pub fn decision(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigStatus) -> Option<Decision> {
+    let accepted = |s: &RoutingConfigStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_ACCEPTED)
+            .cloned()
+    };
+    let new = accepted(desired)?;
+    let unchanged = current.is_some_and(|c| {
+        c.observed_generation == desired.observed_generation
+            && accepted(c).is_some_and(|old| old.status == new.status)
+    });
+    if unchanged {
+        return None;
+    }
+    match new.status.as_str() {
+        "True" => Some(Decision::Accepted { message: new.message }),
+        "False" => Some(Decision::Rejected { message: new.message }),
+        _ => None,
+    }
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: None,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+fn whole_seconds(t: SystemTime) -> Timestamp {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn truncate(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_owned();
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (truncated)", &message[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use routing_model::ParseLimits;
+
+    use super::*;
+    use crate::snapshot::{ObjectKey, SnapshotStore};
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            namespace: "ns".into(),
+            name: "r".into(),
+        }
+    }
+
+    fn valid() -> routing_model::ValidatedConfig {
+        routing_model::load(
+            b"apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec: {defaultPlacement: a, customerToPlacement: {acme: a}, placementToEndpoint: {a: 'http://a'}}\n",
+            ParseLimits::default(),
+        )
+        .unwrap()
+    }
+
+    fn status_of(c: &RoutingConfigStatus, t: &str) -> String {
+        c.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone()
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_object_gives_the_same_status() {
+        let store = SnapshotStore::default();
+        store.offer(&key(), "u1", 1, Ok(valid()));
+        let state = store.get(&key()).unwrap();
+        let t0 = SystemTime::now();
+        let first = desired(&Input {
+            generation: 1,
+            uid: "u1",
+            state: &state,
+            current: None,
+            now: t0,
+        });
+        assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
+        assert_eq!(status_of(&first, CONDITION_SYNCED), "Unknown");
+        assert!(matches!(decision(None, &first), Some(Decision::Accepted { .. })));
+        let later = desired(&Input {
+            generation: 1,
+            uid: "u1",
+            state: &state,
+            current: Some(&first),
+            now: t0 + Duration::from_secs(3600),
+        });
+        assert_eq!(first, later);
+        assert_eq!(decision(Some(&first), &later), None);
+    }
+
+    #[test]
+    fn rejection_flips_accepted_moves_its_transition_time_and_keeps_the_snapshot() {
+        let store = SnapshotStore::default();
+        store.offer(&key(), "u1", 1, Ok(valid()));
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let state = store.get(&key()).unwrap();
+        let first = desired(&Input {
+            generation: 1,
+            uid: "u1",
+            state: &state,
+            current: None,
+            now: t0,
+        });
+        store.offer(&key(), "u1", 2, Err("spec.defaultPlacement: no endpoint".into()));
+        let state = store.get(&key()).unwrap();
+        let second = desired(&Input {
+            generation: 2,
+            uid: "u1",
+            state: &state,
+            current: Some(&first),
+            now: t0 + Duration::from_secs(10),
+        });
+        let accepted = second
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_ACCEPTED)
+            .unwrap();
+        assert_eq!(accepted.status, "False");
+        assert!(
+            accepted.message.contains("spec.defaultPlacement"),
+            "{}",
+            accepted.message
+        );
+        assert_ne!(
+            accepted.last_transition_time,
+            first.conditions[0].last_transition_time
+        );
+        // Synced did not change status, so its transition time stays.
+        assert_eq!(
+            second.conditions[1].last_transition_time,
+            first.conditions[1].last_transition_time
+        );
+        assert_eq!(second.snapshot.as_ref().unwrap().version, 1);
+        assert_eq!(second.snapshot, first.snapshot);
+        assert!(matches!(
+            decision(Some(&first), &second),
+            Some(Decision::Rejected { .. })
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_of_another_lineage_is_not_reported() {
+        let store = SnapshotStore::default();
+        store.offer(&key(), "old-uid", 4, Ok(valid()));
+        let state = store.get(&key()).unwrap();
+        let s = desired(&Input {
+            generation: 1,
+            uid: "new-uid",
+            state: &state,
+            current: None,
+            now: SystemTime::now(),
+        });
+        assert!(s.snapshot.is_none());
+        assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");
+    }
+}

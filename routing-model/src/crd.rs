@@ -1,0 +1,141 @@
+//! The `RoutingConfig` custom resource's status, written by the control plane.
+//!
+//! The resource type itself (`RoutingConfig`) is derived from [`RoutingConfigSpec`] in
+//! [`crate::manifest`], so the CRD and the file format cannot drift apart.
+//!
+//! [`RoutingConfigSpec`]: crate::manifest::RoutingConfigSpec
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use crate::manifest::RoutingConfig;
+
+/// Condition type: whether the control plane accepted the object's current generation.
+pub const CONDITION_ACCEPTED: &str = "Accepted";
+/// Condition type: whether every subscribed data plane applied the served snapshot.
+pub const CONDITION_SYNCED: &str = "Synced";
+
+/// What the control plane decided about a RoutingConfig, and how far the fleet got.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingConfigStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (the current generation passed validation) and `Synced` (every subscribed
+    /// data plane applied the served snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The snapshot being served to data planes: the last accepted generation. When the
+    /// current generation is rejected this still names the previous, valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotStatus>,
+    /// Data planes subscribed to this RoutingConfig, across all control-plane replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_planes: Option<DataPlanesStatus>,
+}
+
+/// Identity of the snapshot being served.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// The object generation the snapshot was built from; never goes backwards for one object.
+    pub version: i64,
+    /// Content hash of the spec (`sha256:<hex>`); equal hashes route identically.
+    pub hash: String,
+    /// When this version was accepted.
+    pub accepted_at: Time,
+}
+
+/// Counts of subscribed data planes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlanesStatus {
+    /// Data planes connected and subscribed to this RoutingConfig.
+    pub connected: i64,
+    /// Of those, how many applied the served version.
+    pub synced: i64,
+    /// Of those, how many rejected the served version.
+    pub rejected: i64,
+    /// `synced/connected`, for `kubectl get`.
+    pub summary: String,
+    /// The most recent rejection by a data plane, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejection: Option<DataPlaneRejection>,
+}
+
+/// A data plane's refusal of a snapshot.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataPlaneRejection {
+    /// The data plane's id (its pod name).
+    pub data_plane: String,
+    /// The version it rejected.
+    pub version: i64,
+    /// Its error message.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+    use crate::manifest::RoutingConfigSpec;
+
+    fn object(spec_yaml: &str) -> RoutingConfig {
+        let spec: RoutingConfigSpec = serde_saphyr::from_str(spec_yaml).expect("spec parses");
+        RoutingConfig::new("routes", spec)
+    }
+
+    #[test]
+    fn cel_accepts_a_valid_spec() {
+        let obj = object(
+            "defaultPlacement: a\ncustomerToPlacement: {acme: a}\nplacementToEndpoint: {a: 'http://h'}\n",
+        );
+        obj.validate_cel().expect("valid");
+    }
+
+    #[test]
+    fn cel_rejects_a_default_placement_without_endpoint_naming_the_rule() {
+        let obj = object("defaultPlacement: b\nplacementToEndpoint: {a: 'http://h'}\n");
+        let err = format!("{:?}", obj.validate_cel().unwrap_err());
+        assert!(err.contains("default-placement-has-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn cel_rejects_a_customer_placement_without_endpoint_naming_the_rule() {
+        let obj = object(
+            "defaultPlacement: a\ncustomerToPlacement: {acme: z}\nplacementToEndpoint: {a: 'http://h'}\n",
+        );
+        let err = format!("{:?}", obj.validate_cel().unwrap_err());
+        assert!(err.contains("customer-placements-have-endpoints"), "{err}");
+        assert!(!err.contains("default-placement-has-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn crd_has_short_name_columns_and_status() {
+        let crd = RoutingConfig::crd();
+        let version = &crd.spec.versions[0];
+        assert_eq!(
+            crd.spec.names.short_names.as_deref(),
+            Some(&["rtc".to_owned()][..])
+        );
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Accepted", "Version", "Synced", "Age"]);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+    }
+}
