@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane: watch RoutingConfigs (in a cluster, or one file with --from-file),
     /// validate them, report status, and serve snapshots.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a RoutingConfig file with the same rules the control plane and data planes apply;
     /// exit 1 on errors.
     Validate {
@@ -72,6 +72,43 @@ pub struct RunArgs {
     /// How long file events are collected before one reload (--from-file).
     #[arg(long, env = "CELLROUTE_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
+
+    /// File of bearer tokens accepted from data planes, one per line (out of a cluster). In a
+    /// cluster, data planes' ServiceAccount tokens are checked with TokenReview instead.
+    #[arg(long, env = "CELLROUTE_STATIC_TOKEN_FILE", value_name = "FILE")]
+    pub static_token_file: Option<PathBuf>,
+
+    /// Accept data planes without a token (only for local demos and tests).
+    #[arg(
+        long,
+        env = "CELLROUTE_ALLOW_UNAUTHENTICATED",
+        conflicts_with = "static_token_file"
+    )]
+    pub allow_unauthenticated: bool,
+
+    /// Let a data plane subscribe to RoutingConfigs outside its own namespace (TokenReview).
+    #[arg(long, env = "CELLROUTE_ALLOW_CROSS_NAMESPACE")]
+    pub allow_cross_namespace: bool,
+
+    /// Most data planes connected at once to this replica; more get 503 and retry.
+    #[arg(long, env = "CELLROUTE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest message sent or accepted, in bytes; an oversized one closes that session only.
+    #[arg(long, env = "CELLROUTE_MAX_MESSAGE_BYTES", default_value_t = routing_model::protocol::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// How often the control plane pings each data plane.
+    #[arg(long, env = "CELLROUTE_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Silence after which a data plane's session is dropped.
+    #[arg(long, env = "CELLROUTE_HEARTBEAT_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Time allowed for one send to a data plane; one that stops reading is dropped after it.
+    #[arg(long, env = "CELLROUTE_SEND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "CELLROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]

@@ -6,8 +6,8 @@
 //! | `GET /readyz` | 200 once the source has loaded its initial state (the first list, or the file) |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /debug/snapshots` | every served snapshot (object, lineage, version, hash) and the last rejection |
-//!
-//! The snapshot push to data planes (WebSocket) will share this server.
+//! | `GET /debug/dataplanes` | every data plane: SYNCED / STALE / REJECTED / DISCONNECTED, like `istioctl proxy-status` |
+//! | `GET /v1/subscribe` | the WebSocket snapshot push (bearer token; see `PROTOCOL.md`) |
 
 use std::sync::Arc;
 
@@ -19,7 +19,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::metrics::Metrics;
-use crate::snapshot::SnapshotStore;
+use crate::push::{self, PushState};
+use crate::snapshot::{ObjectKey, SnapshotStore};
 use crate::source::Readiness;
 
 /// What the handlers share.
@@ -31,6 +32,8 @@ pub struct HttpState {
     pub ready: Readiness,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The push endpoint's state.
+    pub push: PushState,
 }
 
 /// The router.
@@ -40,6 +43,11 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/snapshots", get(snapshots))
+        .route("/debug/dataplanes", get(dataplanes))
+        .route(
+            routing_model::protocol::SUBSCRIBE_PATH,
+            get(push::subscribe).with_state(state.push.clone()),
+        )
         .with_state(state)
 }
 
@@ -86,4 +94,36 @@ async fn snapshots(State(s): State<HttpState>) -> Response {
         })
         .collect();
     Json(json!({"snapshots": objects})).into_response()
+}
+
+async fn dataplanes(State(s): State<HttpState>) -> Response {
+    let planes: Vec<_> = s
+        .push
+        .registry
+        .list()
+        .into_iter()
+        .map(|record| {
+            let (namespace, name) = routing_model::protocol::split_object(&record.routing_config);
+            let served = s
+                .store
+                .get(&ObjectKey {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+                .and_then(|state| state.served)
+                .map(|snap| routing_model::protocol::SnapshotRef {
+                    lineage: snap.lineage.clone(),
+                    version: snap.version,
+                    hash: snap.hash,
+                });
+            json!({
+                "id": record.id,
+                "state": record.state(served.as_ref()),
+                "routing_config": record.routing_config,
+                "served": served,
+                "record": record,
+            })
+        })
+        .collect();
+    Json(json!({"dataplanes": planes})).into_response()
 }

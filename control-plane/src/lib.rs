@@ -6,7 +6,8 @@
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
 //! - [`status`]: what an object's status should say, as a pure function;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
-//! - [`http`]: health, readiness, metrics and debug endpoints;
+//! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
+//! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
 //! - [`metrics`], [`cli`], [`crd`] (the generated CRD), [`run`] (wiring and shutdown).
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@ pub mod crd;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod push;
 pub mod run;
 pub mod snapshot;
 pub mod source;

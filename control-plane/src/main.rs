@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Command::Validate { file } => control_plane::validate_cmd::run(&file),
         Command::Run(args) => {
             cellroute_telemetry::init(args.log_format, &args.log_level);
-            match control_plane::run::run(args) {
+            match control_plane::run::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "control plane failed");

@@ -50,6 +50,26 @@ pub struct Metrics {
     pub status_writes: Counter,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Data planes with an open session on this replica.
+    pub connected_data_planes: Gauge,
+    /// Snapshots sent to data planes.
+    pub pushes: Counter,
+    /// ACKs received.
+    pub acks: Counter,
+    /// NACKs received.
+    pub nacks: Counter,
+    /// From a version's acceptance to each data plane's ACK of it.
+    pub convergence: Histogram,
+    /// Time to encode one snapshot message (once per version, shared by all subscribers).
+    pub snapshot_encode: Histogram,
+    /// Size of the last encoded snapshot message.
+    pub snapshot_bytes: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 impl Metrics {
@@ -61,6 +81,54 @@ impl Metrics {
         let snapshot_build = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let status_writes = Counter::default();
         let leader = Gauge::default();
+        let connected_data_planes = Gauge::default();
+        let pushes = Counter::default();
+        let acks = Counter::default();
+        let nacks = Counter::default();
+        let convergence = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
+        let snapshot_encode = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
+        let snapshot_bytes = Gauge::default();
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "cellroute_connected_data_planes",
+            "Data planes with an open session on this replica",
+            connected_data_planes.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_pushes",
+            "Snapshots sent to data planes",
+            pushes.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_acks",
+            "Snapshot ACKs received from data planes",
+            acks.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_nacks",
+            "Snapshot NACKs received from data planes",
+            nacks.clone(),
+        );
+        registry.register(
+            "cellroute_convergence_seconds",
+            "From a version's acceptance to a data plane's ACK of it",
+            convergence.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_encode_seconds",
+            "Time to encode one snapshot message (once per version)",
+            snapshot_encode.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_bytes",
+            "Size of the last encoded snapshot message",
+            snapshot_bytes.clone(),
+        );
+        registry.register(
+            "cellroute_refused_connections",
+            "Data-plane connections refused, by reason",
+            refused.clone(),
+        );
         registry.register(
             "cellroute_reconciles",
             "RoutingConfig versions processed, by result (accepted, rejected, unchanged, error)",
@@ -93,6 +161,14 @@ impl Metrics {
             snapshot_build,
             status_writes,
             leader,
+            connected_data_planes,
+            pushes,
+            acks,
+            nacks,
+            convergence,
+            snapshot_encode,
+            snapshot_bytes,
+            refused,
         })
     }
 
@@ -101,6 +177,15 @@ impl Metrics {
         self.reconciles
             .get_or_create(&ResultLabels {
                 result: result.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused data-plane connection.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }

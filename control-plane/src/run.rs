@@ -4,17 +4,25 @@
 //! election (releasing the lease) and the HTTP server. Signals are handled here rather than by
 //! `Controller::shutdown_on_signal`, which would take SIGINT/SIGTERM over for the whole process.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use routing_model::ParseLimits;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
 use crate::http::{self, HttpState};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
+use crate::push::auth::Authenticator;
+use crate::push::publisher::Publisher;
+use crate::push::registry::Registry;
+use crate::push::{PushSettings, PushState};
 use crate::snapshot::SnapshotStore;
 use crate::source::file::FileSource;
 use crate::source::kubernetes::{FIELD_MANAGER, KubernetesSource};
@@ -40,6 +48,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
 
     let mut leader_task = None;
+    let mut kube_client = None;
     let source: Box<dyn ConfigSource> = match &args.from_file {
         Some(path) => Box::new(FileSource {
             path: path.clone(),
@@ -67,6 +76,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("cannot start leader election")?;
             leader_task = Some(task);
+            kube_client = Some(client.clone());
             Box::new(KubernetesSource {
                 client,
                 namespace: args.namespace.clone(),
@@ -82,18 +92,41 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     }));
 
+    let auth = authenticator(&args, kube_client)?;
+    let publisher = Publisher::new(store.clone(), metrics.clone());
+    tokio::spawn(publisher.clone().run(shutdown.clone()));
+    let sessions = TaskTracker::new();
+    let push = PushState {
+        publisher,
+        registry: Arc::new(Registry::default()),
+        auth: Arc::new(auth),
+        slots: Arc::new(Semaphore::new(args.max_connections)),
+        settings: PushSettings {
+            max_message_bytes: args.max_message_bytes,
+            heartbeat: args.heartbeat,
+            heartbeat_timeout: args.heartbeat_timeout,
+            send_timeout: args.send_timeout,
+        },
+        metrics: metrics.clone(),
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+    };
     let router = http::router(HttpState {
         store,
         ready,
         metrics,
+        push,
     });
     tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
     let http_task = {
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         })
     };
 
@@ -114,6 +147,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     if let Some(task) = leader_task {
         let _ = task.await;
     }
+    // axum's graceful shutdown does not wait for WebSocket sessions; they watch the same token.
+    sessions.close();
+    if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some data-plane sessions did not close within 5s");
+    }
     http_task
         .await
         .context("http task failed")?
@@ -121,6 +162,28 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     source_result.context("source task failed")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Picks how data planes authenticate: a static token file, TokenReview in a cluster, or (when
+/// explicitly allowed) nobody.
+fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result<Authenticator> {
+    if args.allow_unauthenticated {
+        tracing::warn!("--allow-unauthenticated: any client may subscribe to any RoutingConfig");
+        return Ok(Authenticator::Anonymous);
+    }
+    if let Some(path) = &args.static_token_file {
+        return Authenticator::from_file(path)
+            .with_context(|| format!("cannot use --static-token-file {}", path.display()));
+    }
+    match client {
+        Some(client) => Ok(Authenticator::TokenReview {
+            client,
+            cross_namespace: args.allow_cross_namespace,
+        }),
+        None => anyhow::bail!(
+            "data planes need a way to authenticate: pass --static-token-file FILE (or --allow-unauthenticated for a local demo)"
+        ),
+    }
 }
 
 fn default_identity() -> String {

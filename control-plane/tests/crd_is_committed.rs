@@ -11,3 +11,16 @@ fn committed_crd_matches_the_generated_one() {
         "crds/routingconfig.yaml is stale: run `cargo run -p control-plane --bin crdgen > crds/routingconfig.yaml`"
     );
 }
+
+#[test]
+fn chart_ships_the_same_crd() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let crd =
+        std::fs::read_to_string(format!("{root}/crds/routingconfig.yaml")).expect("crds/routingconfig.yaml");
+    let chart = std::fs::read_to_string(format!("{root}/charts/cellroute/crds/routingconfig.yaml"))
+        .expect("charts/cellroute/crds/routingconfig.yaml");
+    assert!(
+        crd == chart,
+        "charts/cellroute/crds/routingconfig.yaml differs from crds/routingconfig.yaml: copy it over"
+    );
+}

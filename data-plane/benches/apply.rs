@@ -9,10 +9,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use data_plane::applier::Applier;
+use data_plane::applier::{Applier, ApplierSettings, Limits};
 use data_plane::metrics::Metrics;
 use data_plane::state::{SharedState, Source, Trigger};
-use routing_model::ParseLimits;
 
 fn document(customers: usize, shift: usize) -> Vec<u8> {
     let mut doc = String::from(
@@ -33,12 +32,13 @@ fn apply(c: &mut Criterion) {
     let docs = [document(100_000, 0), document(100_000, 1)];
     eprintln!("document size: {} bytes", docs[0].len());
     let applier = runtime.block_on(async {
-        Applier::spawn(
-            Arc::new(SharedState::default()),
-            Metrics::new(),
-            None,
-            ParseLimits::default(),
-        )
+        Applier::spawn(ApplierSettings {
+            state: Arc::new(SharedState::default()),
+            metrics: Metrics::new(),
+            config_path: None,
+            limits: Limits::default(),
+            cache: None,
+        })
     });
     let mut group = c.benchmark_group("apply");
     group.sample_size(10);

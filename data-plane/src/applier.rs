@@ -5,6 +5,12 @@
 //! all-or-nothing: the candidate is read, parsed, validated and compiled on a blocking thread;
 //! only a fully built table is swapped in. A panic while building is caught by that thread's
 //! join handle, reported as a failed apply, and leaves the active table untouched.
+//!
+//! It also owns source precedence. Once a control-plane snapshot is active the data plane is
+//! *managed*: local file changes are logged and not applied. An operator can pin the data plane
+//! to its file (break-glass), after which pushed snapshots are refused until it is released.
+//! Snapshots never regress: within one lineage an older version is refused. Applied
+//! control-plane snapshots are handed to the last-known-good cache writer.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,11 +18,13 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::HeaderName;
+use routing_model::protocol::{Ordering, SnapshotMessage, SnapshotRef};
 use routing_model::{ConfigDiff, ConfigError, ContentHash, ParseLimits, RoutingTable, ValidatedConfig};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cache::SnapshotCache;
 use crate::metrics::Metrics;
-use crate::state::{ActiveConfig, HistoryEntry, LastError, SharedState, Source, Trigger, unix_seconds};
+use crate::state::{ActiveConfig, HistoryEntry, LastError, Mode, SharedState, Source, Trigger, unix_seconds};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How many entries of each kind of change a history entry or audit line keeps.
@@ -51,6 +59,66 @@ pub enum ApplyError {
     /// The applier has stopped (the process is shutting down).
     #[error("the data plane is shutting down")]
     ShuttingDown,
+    /// A local file change while the control plane manages routing.
+    #[error(
+        "the control plane manages this data plane's routing, so local file changes are not applied; force the file with POST /admin/source {{\"source\":\"file\"}}"
+    )]
+    Managed,
+    /// A pushed snapshot while an operator pinned the data plane to its file.
+    #[error(
+        "an operator pinned this data plane to its local file (POST /admin/source); control-plane snapshots are not applied until it is released"
+    )]
+    Pinned,
+    /// A pushed snapshot older than the active one of the same lineage.
+    #[error(
+        "snapshot version {offered} is older than the active version {active} of the same RoutingConfig; not applied"
+    )]
+    Stale {
+        /// The version offered.
+        offered: i64,
+        /// The active version.
+        active: i64,
+    },
+    /// The pushed content does not match the hash it claims.
+    #[error("snapshot content hashes to {computed}, not the {claimed} it claims")]
+    HashMismatch {
+        /// The hash in the message.
+        claimed: ContentHash,
+        /// The hash of the content.
+        computed: ContentHash,
+    },
+    /// The config is valid but over a limit of this data plane.
+    #[error("{0}")]
+    Limit(String),
+    /// Asked to return to the control plane before it sent anything.
+    #[error("no control-plane snapshot has been received yet; the data plane stays on its current table")]
+    NoSnapshot,
+}
+
+impl ApplyError {
+    /// True when the *content* was refused (these count as reload failures and set `last_error`);
+    /// false for refusals caused by the data plane's mode or by the request itself.
+    pub fn is_content_error(&self) -> bool {
+        !matches!(
+            self,
+            ApplyError::ShuttingDown
+                | ApplyError::Rollback(_)
+                | ApplyError::Managed
+                | ApplyError::Pinned
+                | ApplyError::Stale { .. }
+                | ApplyError::NoSnapshot
+        )
+    }
+}
+
+/// The source an operator can force with `POST /admin/source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PreferredSource {
+    /// Pin to the local `--config` file (break-glass).
+    File,
+    /// Follow the control plane again.
+    ControlPlane,
 }
 
 /// The result of a successful apply.
@@ -80,6 +148,15 @@ enum Command {
     },
     Rollback {
         generation: Option<u64>,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    ApplySnapshot {
+        snapshot: Arc<SnapshotMessage>,
+        source: Source,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    SetSource {
+        source: PreferredSource,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
 }
@@ -119,6 +196,26 @@ impl ApplierHandle {
         self.ask(|reply| Command::Rollback { generation, reply }).await
     }
 
+    /// Applies a snapshot pushed by the control plane (`Source::ControlPlane`) or read from the
+    /// cache (`Source::Cache`).
+    pub async fn apply_snapshot(
+        &self,
+        snapshot: Arc<SnapshotMessage>,
+        source: Source,
+    ) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::ApplySnapshot {
+            snapshot,
+            source,
+            reply,
+        })
+        .await
+    }
+
+    /// Break-glass: pin the data plane to its local file, or hand it back to the control plane.
+    pub async fn set_source(&self, source: PreferredSource) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::SetSource { source, reply }).await
+    }
+
     async fn ask(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<Applied, ApplyError>>) -> Command,
@@ -137,13 +234,57 @@ pub struct Applier {
     state: Arc<SharedState>,
     metrics: Arc<Metrics>,
     config_path: Option<PathBuf>,
-    limits: ParseLimits,
+    limits: Limits,
+    /// The newest snapshot the control plane pushed, applied or not (for leaving break-glass).
+    latest_pushed: Option<Arc<SnapshotMessage>>,
+    /// Hands applied control-plane snapshots to the cache writer.
+    persist: Option<watch::Sender<Option<Arc<SnapshotMessage>>>>,
+}
+
+/// Limits on what the applier accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Parse limits of config documents.
+    pub parse: ParseLimits,
+    /// Most customers a table may hold on this data plane.
+    pub max_customers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            parse: ParseLimits::default(),
+            max_customers: routing_model::validate::MAX_CUSTOMERS,
+        }
+    }
+}
+
+/// What the applier starts with.
+pub struct ApplierSettings {
+    /// The shared state it writes.
+    pub state: Arc<SharedState>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The local `--config` file, if any.
+    pub config_path: Option<PathBuf>,
+    /// Limits.
+    pub limits: Limits,
+    /// The last-known-good cache, if `--cache-dir` is set.
+    pub cache: Option<SnapshotCache>,
 }
 
 /// What the blocking build step produced.
 enum Candidate {
-    Unchanged(ContentHash),
+    /// Identical content; for snapshots, the newer identity to record if it changed.
+    Unchanged(ContentHash, Option<SnapshotRef>),
     Built(Box<Built>),
+}
+
+/// The active table's identity, as the blocking build step needs it.
+struct Previous {
+    config: Arc<ValidatedConfig>,
+    generation: u64,
+    snapshot: Option<SnapshotRef>,
 }
 
 struct Built {
@@ -152,28 +293,36 @@ struct Built {
 }
 
 impl Applier {
-    /// Starts the applier task and returns the handle to reach it.
-    pub fn spawn(
-        state: Arc<SharedState>,
-        metrics: Arc<Metrics>,
-        config_path: Option<PathBuf>,
-        limits: ParseLimits,
-    ) -> ApplierHandle {
+    /// Starts the applier task (and the cache writer) and returns the handle to reach it.
+    pub fn spawn(settings: ApplierSettings) -> ApplierHandle {
         let (tx, rx) = mpsc::channel(64);
+        let persist = settings
+            .cache
+            .map(|cache| spawn_cache_writer(cache, settings.metrics.clone()));
         let applier = Self {
-            state,
-            metrics,
-            config_path,
-            limits,
+            state: settings.state,
+            metrics: settings.metrics,
+            config_path: settings.config_path,
+            limits: settings.limits,
+            latest_pushed: None,
+            persist,
         };
         tokio::spawn(applier.run(rx));
         ApplierHandle { tx }
     }
 
-    async fn run(self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::ReloadFile { trigger, reply } => {
+                    if self.state.mode() == Mode::Managed {
+                        tracing::info!(
+                            trigger = trigger.as_str(),
+                            "the local config file was not applied: the control plane manages routing (force it with POST /admin/source)"
+                        );
+                        let _ = reply.send(Err(ApplyError::Managed));
+                        continue;
+                    }
                     let result = match self.read_file().await {
                         Ok((bytes, detail)) => {
                             self.apply(Input::Bytes(bytes), Source::File, trigger, detail, None)
@@ -213,13 +362,106 @@ impl Applier {
                     };
                     let _ = reply.send(self.record(result, Source::Rollback, Trigger::AdminRollback));
                 }
+                Command::ApplySnapshot {
+                    snapshot,
+                    source,
+                    reply,
+                } => {
+                    let trigger = if source == Source::Cache {
+                        Trigger::Startup
+                    } else {
+                        Trigger::Push
+                    };
+                    let result = self.apply_snapshot(snapshot, source, trigger).await;
+                    let _ = reply.send(self.record(result, source, trigger));
+                }
+                Command::SetSource { source, reply } => {
+                    let result = self.set_source(source).await;
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    async fn apply_snapshot(
+        &mut self,
+        snapshot: Arc<SnapshotMessage>,
+        source: Source,
+        trigger: Trigger,
+    ) -> Result<Applied, ApplyError> {
+        if source == Source::ControlPlane {
+            self.latest_pushed = Some(snapshot.clone());
+        }
+        if self.state.mode() == Mode::PinnedToFile {
+            return Err(ApplyError::Pinned);
+        }
+        let detail = format!(
+            "{} version {} ({})",
+            snapshot.routing_config, snapshot.snapshot.version, snapshot.snapshot.lineage
+        );
+        let applied = self
+            .apply(Input::Snapshot(snapshot.clone()), source, trigger, detail, None)
+            .await?;
+        self.state.set_mode(Mode::Managed);
+        if source == Source::ControlPlane
+            && let Some(persist) = &self.persist
+        {
+            persist.send_replace(Some(snapshot));
+        }
+        Ok(applied)
+    }
+
+    async fn set_source(&mut self, source: PreferredSource) -> Result<Applied, ApplyError> {
+        match source {
+            PreferredSource::File => {
+                let (bytes, detail) = self.read_file().await?;
+                let result = self
+                    .apply(
+                        Input::Bytes(bytes),
+                        Source::File,
+                        Trigger::AdminSource,
+                        detail,
+                        None,
+                    )
+                    .await;
+                let result = self.record(result, Source::File, Trigger::AdminSource);
+                if result.is_ok() {
+                    self.state.set_mode(Mode::PinnedToFile);
+                    tracing::warn!(target: "audit", "break-glass: pinned to the local config file; control-plane snapshots are refused until POST /admin/source {{\"source\":\"control-plane\"}}");
+                }
+                result
+            }
+            PreferredSource::ControlPlane => {
+                let previous = self.state.mode();
+                self.state.set_mode(Mode::Local);
+                let Some(latest) = self.latest_pushed.clone() else {
+                    if previous == Mode::PinnedToFile {
+                        tracing::info!(target: "audit", "released the local-file pin; waiting for a control-plane snapshot");
+                    }
+                    self.state.set_mode(if previous == Mode::PinnedToFile {
+                        Mode::Local
+                    } else {
+                        previous
+                    });
+                    return Err(ApplyError::NoSnapshot);
+                };
+                let result = self
+                    .apply_snapshot(latest, Source::ControlPlane, Trigger::AdminSource)
+                    .await;
+                let result = self.record(result, Source::ControlPlane, Trigger::AdminSource);
+                if result.is_err() {
+                    self.state.set_mode(previous);
+                } else {
+                    tracing::info!(target: "audit", "released the local-file pin; following the control plane again");
+                }
+                result
             }
         }
     }
 
     async fn read_file(&self) -> Result<(Vec<u8>, String), ApplyError> {
         let path = self.config_path.clone().ok_or(ApplyError::NoConfigFile)?;
-        let limit = self.limits.max_bytes;
+        let limit = self.limits.parse.max_bytes;
         // Read at most one byte over the limit so a huge file is rejected without loading it.
         let read = tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -270,14 +512,33 @@ impl Applier {
         let current = self.state.active.load_full();
         let metrics = self.metrics.clone();
         let limits = self.limits;
-        let previous = current.as_ref().map(|a| (a.config.clone(), a.generation));
+        let previous = current.as_ref().map(|a| Previous {
+            config: a.config.clone(),
+            generation: a.generation,
+            snapshot: a.snapshot.clone(),
+        });
         let built =
             tokio::task::spawn_blocking(move || build(input, previous, &metrics, limits, source, detail))
                 .await
                 .map_err(|e| ApplyError::Panicked(panic_message(e)))??;
         let built = match built {
-            Candidate::Unchanged(hash) => {
+            Candidate::Unchanged(hash, relabel) => {
                 let generation = current.as_ref().map_or(0, |a| a.generation);
+                // Same content under a newer snapshot identity: keep the table, record the new
+                // identity so the next Hello reports it.
+                if let (Some(snapshot), Some(active)) = (relabel, current.as_ref()) {
+                    self.state.active.store(Some(Arc::new(ActiveConfig {
+                        table: active.table.clone(),
+                        header: active.header.clone(),
+                        config: active.config.clone(),
+                        generation: active.generation,
+                        source,
+                        source_detail: active.source_detail.clone(),
+                        applied_at: active.applied_at,
+                        snapshot: Some(snapshot),
+                    })));
+                    self.metrics.set_active_source(source);
+                }
                 tracing::debug!(source = source.as_str(), trigger = trigger.as_str(), %hash, "config unchanged");
                 return Ok(Applied {
                     generation,
@@ -343,7 +604,7 @@ impl Applier {
         if let Err(e) = &result {
             // Only rejected *content* counts as a failed reload: a mistyped rollback generation
             // or a shutdown must not trip reload-failure alerts.
-            if matches!(e, ApplyError::ShuttingDown | ApplyError::Rollback(_)) {
+            if !e.is_content_error() {
                 return result;
             }
             let now = SystemTime::now();
@@ -373,6 +634,7 @@ impl Applier {
 enum Input {
     Bytes(Vec<u8>),
     Validated(Arc<ValidatedConfig>),
+    Snapshot(Arc<SnapshotMessage>),
     /// Lets unit tests prove that a panic while building leaves the active table alone.
     #[cfg(test)]
     Panic,
@@ -381,22 +643,51 @@ enum Input {
 /// Parses, validates, diffs and compiles a candidate. Runs on a blocking thread.
 fn build(
     input: Input,
-    previous: Option<(Arc<ValidatedConfig>, u64)>,
+    previous: Option<Previous>,
     metrics: &Metrics,
-    limits: ParseLimits,
+    limits: Limits,
     source: Source,
     detail: String,
 ) -> Result<Candidate, ApplyError> {
+    let mut snapshot = None;
     let config = match input {
-        Input::Bytes(bytes) => Arc::new(routing_model::load(&bytes, limits)?),
+        Input::Bytes(bytes) => Arc::new(routing_model::load(&bytes, limits.parse)?),
         Input::Validated(config) => config,
+        Input::Snapshot(message) => {
+            let config = routing_model::validate::validate(message.to_manifest())
+                .map_err(|e| ApplyError::Config(ConfigError::Invalid(e)))?;
+            if config.hash() != message.snapshot.hash {
+                return Err(ApplyError::HashMismatch {
+                    claimed: message.snapshot.hash,
+                    computed: config.hash(),
+                });
+            }
+            if let Some(active) = previous.as_ref().and_then(|p| p.snapshot.as_ref())
+                && message.snapshot.compare(active) == Ordering::Older
+            {
+                return Err(ApplyError::Stale {
+                    offered: message.snapshot.version,
+                    active: active.version,
+                });
+            }
+            snapshot = Some(message.snapshot.clone());
+            Arc::new(config)
+        }
         #[cfg(test)]
         Input::Panic => panic!("injected build panic"),
     };
-    if let Some((prev, _)) = &previous
-        && prev.hash() == config.hash()
+    let customers = config.spec().customer_to_placement.len();
+    if customers > limits.max_customers {
+        return Err(ApplyError::Limit(format!(
+            "spec.customerToPlacement: {customers} customers, over this data plane's --max-customers {}",
+            limits.max_customers
+        )));
+    }
+    if let Some(prev) = &previous
+        && prev.config.hash() == config.hash()
     {
-        return Ok(Candidate::Unchanged(config.hash()));
+        let relabel = snapshot.filter(|s| prev.snapshot.as_ref() != Some(s));
+        return Ok(Candidate::Unchanged(config.hash(), relabel));
     }
     let upstreams = config
         .spec()
@@ -410,20 +701,55 @@ fn build(
         .map_err(|e| ApplyError::Panicked(format!("customer header `{}`: {e}", table.customer_header())))?;
     let diff = previous
         .as_ref()
-        .map(|(prev, _)| ConfigDiff::between(prev.spec(), config.spec()));
-    let generation = previous.map_or(0, |(_, g)| g) + 1;
+        .map(|p| ConfigDiff::between(p.config.spec(), config.spec()));
+    let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
     Ok(Candidate::Built(Box::new(Built {
         active: ActiveConfig {
-            table,
+            table: Arc::new(table),
             header,
             config,
             generation,
             source,
             source_detail: detail,
             applied_at: SystemTime::now(),
+            snapshot,
         },
         diff,
     })))
+}
+
+/// Writes applied control-plane snapshots to the cache, newest first: if snapshots arrive
+/// faster than the disk, intermediate ones are skipped, never written out of order.
+fn spawn_cache_writer(
+    cache: SnapshotCache,
+    metrics: Arc<Metrics>,
+) -> watch::Sender<Option<Arc<SnapshotMessage>>> {
+    let (tx, mut rx) = watch::channel::<Option<Arc<SnapshotMessage>>>(None);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(snapshot) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let cache = cache.clone();
+            let version = snapshot.snapshot.version;
+            let result = tokio::task::spawn_blocking(move || cache.store(&snapshot)).await;
+            match result {
+                Ok(Ok(())) => {
+                    metrics.cache_writes.inc();
+                    tracing::debug!(version, "snapshot persisted to the last-known-good cache");
+                }
+                Ok(Err(e)) => {
+                    metrics.cache_write_failures.inc();
+                    tracing::warn!(version, error = %e, "cannot persist the snapshot; still serving it from memory, the previous cache file is intact");
+                }
+                Err(e) => {
+                    metrics.cache_write_failures.inc();
+                    tracing::warn!(version, error = %e, "the cache writer failed");
+                }
+            }
+        }
+    });
+    tx
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -455,7 +781,9 @@ mod tests {
             state: state.clone(),
             metrics: metrics.clone(),
             config_path: None,
-            limits: ParseLimits::default(),
+            limits: Limits::default(),
+            latest_pushed: None,
+            persist: None,
         };
         (applier, state, metrics)
     }

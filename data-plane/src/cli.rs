@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy and its admin server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a RoutingConfig file without running anything (a dry run of a reload).
     ///
     /// Prints every error with the key it concerns and exits 1, or prints a summary (and, with
@@ -84,6 +84,61 @@ pub struct RunArgs {
     /// Log filter, in tracing's EnvFilter syntax (for example `info` or `info,data_plane=debug`).
     #[arg(long, env = "CELLROUTE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Control plane to follow: `ws://host:port` or `wss://host:port`. Without it the data plane
+    /// runs standalone on --config.
+    #[arg(
+        long,
+        env = "CELLROUTE_CONTROL_PLANE",
+        value_name = "URL",
+        requires = "routing_config"
+    )]
+    pub control_plane: Option<String>,
+
+    /// The RoutingConfig to serve, as NAMESPACE/NAME.
+    #[arg(long, env = "CELLROUTE_ROUTING_CONFIG", value_name = "NAMESPACE/NAME",
+          value_parser = parse_object_ref)]
+    pub routing_config: Option<String>,
+
+    /// Bearer token presented to the control plane (a projected ServiceAccount token in a
+    /// cluster). Re-read on every connect, so rotation needs no restart.
+    #[arg(long, env = "CELLROUTE_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Directory of the last-known-good cache. With it, a restart during a control-plane outage
+    /// serves the last applied snapshot at once.
+    #[arg(long, env = "CELLROUTE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// This data plane's id, shown on the control plane (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub id: Option<String>,
+
+    /// Refuse tables with more customers than this (they are NACKed or rejected).
+    #[arg(long, env = "CELLROUTE_MAX_CUSTOMERS", default_value_t = routing_model::validate::MAX_CUSTOMERS)]
+    pub max_customers: usize,
+
+    /// Largest control-plane message accepted, in bytes; a larger one closes the session.
+    #[arg(long, env = "CELLROUTE_MAX_MESSAGE_BYTES", default_value_t = routing_model::protocol::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// How often to ping the control plane.
+    #[arg(long, env = "CELLROUTE_HEARTBEAT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Silence after which the control plane is considered gone (a silent partition is noticed
+    /// within this time).
+    #[arg(long, env = "CELLROUTE_HEARTBEAT_TIMEOUT", default_value = "4s", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// Longest wait between reconnect attempts (the waits grow exponentially up to this, with
+    /// full jitter).
+    #[arg(long, env = "CELLROUTE_RECONNECT_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reconnect_max: Duration,
+}
+
+fn parse_object_ref(value: &str) -> Result<String, String> {
+    routing_model::protocol::check_object_ref(value).map(|()| value.to_owned())
 }
 
 /// Flags of `data-plane validate`.

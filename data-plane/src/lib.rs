@@ -6,6 +6,8 @@
 //! - [`state`]: the active routing table behind one `ArcSwap`, its history and last error;
 //! - [`applier`]: the single task through which every change is applied, in a total order;
 //! - [`source`]: where configs come from (the local file, its watcher, SIGHUP);
+//! - [`control_plane`]: the session with the control plane (snapshots in, ACK/NACK out);
+//! - [`cache`]: the crash-safe last-known-good snapshot on disk;
 //! - [`proxy`]: the request path: one `ArcSwap` load, one hash probe, forward;
 //! - [`admin`]: health, readiness, metrics and the authenticated admin API;
 //! - [`metrics`]: every Prometheus metric, registered in one place;
@@ -16,7 +18,9 @@
 
 pub mod admin;
 pub mod applier;
+pub mod cache;
 pub mod cli;
+pub mod control_plane;
 pub mod metrics;
 pub mod proxy;
 pub mod run;

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => data_plane::validate_cmd::run(&args),
         Command::Run(args) => {
             cellroute_telemetry::init(args.log_format, &args.log_level);
-            match data_plane::run::run(args) {
+            match data_plane::run::run(*args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "data plane failed");

@@ -66,6 +66,28 @@ pub struct Metrics {
     upstream_latency: Family<PlacementLabels, Histogram, fn() -> Histogram>,
     /// Requests answered 503 because no table was active.
     pub no_table: Counter,
+    /// Snapshots written to the last-known-good cache.
+    pub cache_writes: Counter,
+    /// Failed cache writes (disk full, I/O errors); the data plane kept serving from memory.
+    pub cache_write_failures: Counter,
+    /// Cache files refused at startup (damaged, invalid).
+    pub cache_load_failures: Counter,
+    /// 1 while a control-plane session is open.
+    pub control_plane_connected: Gauge,
+    /// Unix time of the last message from the control plane.
+    pub control_plane_last_contact: Gauge<f64, AtomicU64>,
+    /// Seconds since the last message from the control plane (updated at scrape time).
+    pub control_plane_contact_age: Gauge<f64, AtomicU64>,
+    /// 1 when the control plane reported the subscribed RoutingConfig deleted or unknown.
+    pub orphaned: Gauge,
+    /// Snapshots received from the control plane.
+    pub snapshots_received: Counter,
+    /// Snapshots acknowledged (applied or already active).
+    pub snapshot_acks: Counter,
+    /// Snapshots refused (NACK).
+    pub snapshot_nacks: Counter,
+    /// Sessions opened with the control plane (the first and every reconnect).
+    pub control_plane_sessions: Counter,
 }
 
 /// Request metric handles of one placement, resolved once per table build.
@@ -101,6 +123,72 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let no_table = Counter::default();
+        let cache_writes = Counter::default();
+        let cache_write_failures = Counter::default();
+        let cache_load_failures = Counter::default();
+        let control_plane_connected = Gauge::default();
+        let control_plane_last_contact = Gauge::<f64, AtomicU64>::default();
+        let control_plane_contact_age = Gauge::<f64, AtomicU64>::default();
+        let orphaned = Gauge::default();
+        let snapshots_received = Counter::default();
+        let snapshot_acks = Counter::default();
+        let snapshot_nacks = Counter::default();
+        let control_plane_sessions = Counter::default();
+        registry.register(
+            "cellroute_cache_writes",
+            "Snapshots written to the last-known-good cache",
+            cache_writes.clone(),
+        );
+        registry.register(
+            "cellroute_cache_write_failures",
+            "Failed last-known-good cache writes; the data plane kept serving from memory",
+            cache_write_failures.clone(),
+        );
+        registry.register(
+            "cellroute_cache_load_failures",
+            "Last-known-good cache files refused at startup (damaged or invalid)",
+            cache_load_failures.clone(),
+        );
+        registry.register(
+            "control_plane_connected",
+            "1 while a session with the control plane is open",
+            control_plane_connected.clone(),
+        );
+        registry.register(
+            "control_plane_last_contact_timestamp_seconds",
+            "Unix time of the last message from the control plane",
+            control_plane_last_contact.clone(),
+        );
+        registry.register(
+            "control_plane_seconds_since_contact",
+            "Seconds since the last message from the control plane",
+            control_plane_contact_age.clone(),
+        );
+        registry.register(
+            "routing_config_orphaned",
+            "1 when the control plane reports the subscribed RoutingConfig deleted or unknown; the last-known-good table keeps serving",
+            orphaned.clone(),
+        );
+        registry.register(
+            "cellroute_snapshots_received",
+            "Snapshots received from the control plane",
+            snapshots_received.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_acks",
+            "Snapshots acknowledged to the control plane",
+            snapshot_acks.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_nacks",
+            "Snapshots refused (NACK) to the control plane",
+            snapshot_nacks.clone(),
+        );
+        registry.register(
+            "control_plane_sessions",
+            "Sessions opened with the control plane (first connect and reconnects)",
+            control_plane_sessions.clone(),
+        );
         registry.register(
             "config_reload_success",
             "Config changes applied (identical content is not counted)",
@@ -163,6 +251,17 @@ impl Metrics {
             requests,
             upstream_latency,
             no_table,
+            cache_writes,
+            cache_write_failures,
+            cache_load_failures,
+            control_plane_connected,
+            control_plane_last_contact,
+            control_plane_contact_age,
+            orphaned,
+            snapshots_received,
+            snapshot_acks,
+            snapshot_nacks,
+            control_plane_sessions,
         })
     }
 

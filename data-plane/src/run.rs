@@ -14,12 +14,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, auth::AdminToken};
-use crate::applier::Applier;
+use std::time::Duration;
+
+use crate::applier::{Applier, ApplierHandle, ApplierSettings, Limits};
+use crate::cache::SnapshotCache;
 use crate::cli::RunArgs;
+use crate::control_plane;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyContext};
 use crate::source;
-use crate::state::{SharedState, Trigger};
+use crate::state::{SharedState, Source, Trigger};
 
 /// Runs the data plane until SIGTERM/SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -45,14 +49,36 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
 
-    let limits = ParseLimits {
-        max_bytes: args.max_config_bytes,
+    let cache = match (&args.cache_dir, &args.routing_config) {
+        (Some(dir), Some(object)) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create --cache-dir {}", dir.display()))?;
+            Some(SnapshotCache::new(dir, object))
+        }
+        _ => None,
     };
-    let applier = Applier::spawn(state.clone(), metrics.clone(), args.config.clone(), limits);
+    let applier = Applier::spawn(ApplierSettings {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        config_path: args.config.clone(),
+        limits: Limits {
+            parse: ParseLimits {
+                max_bytes: args.max_config_bytes,
+            },
+            max_customers: args.max_customers,
+        },
+        cache: cache.clone(),
+    });
 
+    // Start order, so the control plane is never needed to serve: the last-known-good cache,
+    // else the local file, else nothing (503 until a table arrives).
+    let from_cache = match &cache {
+        Some(cache) => load_cache(cache, &applier, &metrics).await,
+        None => false,
+    };
     let _watch = match &args.config {
         Some(path) => {
-            if let Err(e) = applier.reload_file(Trigger::Startup).await {
+            if !from_cache && let Err(e) = applier.reload_file(Trigger::Startup).await {
                 tracing::warn!(error = %e, "no valid routing table at startup; answering 503 until a valid config arrives");
             }
             source::signal::reload_on_sighup(applier.clone(), shutdown.clone())
@@ -73,6 +99,27 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
+
+    if let (Some(url), Some(object)) = (&args.control_plane, &args.routing_config) {
+        let settings = control_plane::Settings {
+            url: url.clone(),
+            routing_config: object.clone(),
+            id: args.id.clone().unwrap_or_else(default_id),
+            token_file: args.token_file.clone(),
+            max_message_bytes: args.max_message_bytes,
+            heartbeat: args.heartbeat,
+            heartbeat_timeout: args.heartbeat_timeout,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: args.reconnect_max,
+        };
+        tokio::spawn(control_plane::run(
+            settings,
+            applier.clone(),
+            state.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let ctx = Arc::new(ProxyContext::new(
         state.clone(),
@@ -119,6 +166,46 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .context("admin server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies the cached snapshot, if there is a good one; says whether it did.
+async fn load_cache(cache: &SnapshotCache, applier: &ApplierHandle, metrics: &Metrics) -> bool {
+    let path = cache.path().to_owned();
+    let loaded = {
+        let cache = cache.clone();
+        tokio::task::spawn_blocking(move || cache.load()).await
+    };
+    let snapshot = match loaded {
+        Ok(Ok(Some(snapshot))) => snapshot,
+        Ok(Ok(None)) => return false,
+        Ok(Err(e)) => {
+            metrics.cache_load_failures.inc();
+            tracing::warn!(error = %e, "not using the last-known-good cache; falling back to --config");
+            return false;
+        }
+        Err(e) => {
+            metrics.cache_load_failures.inc();
+            tracing::warn!(error = %e, "reading the cache failed; falling back to --config");
+            return false;
+        }
+    };
+    match applier.apply_snapshot(Arc::new(snapshot), Source::Cache).await {
+        Ok(applied) => {
+            tracing::info!(cache = %path.display(), generation = applied.generation, "serving the last-known-good snapshot from the cache");
+            true
+        }
+        Err(e) => {
+            metrics.cache_load_failures.inc();
+            tracing::warn!(cache = %path.display(), error = %e, "the cached snapshot is not valid; falling back to --config");
+            false
+        }
+    }
+}
+
+fn default_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| format!("data-plane-{}", std::process::id()))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderName;
+use routing_model::protocol::SnapshotRef;
 use routing_model::{ContentHash, DiffSummary, RoutingTable, ValidatedConfig};
 use serde::Serialize;
 
@@ -66,6 +67,10 @@ pub enum Trigger {
     AdminReload,
     /// `POST /admin/rollback`.
     AdminRollback,
+    /// `POST /admin/source` (break-glass switch between file and control plane).
+    AdminSource,
+    /// A snapshot pushed by the control plane.
+    Push,
 }
 
 impl Trigger {
@@ -77,14 +82,16 @@ impl Trigger {
             Trigger::Sighup => "sighup",
             Trigger::AdminReload => "admin-reload",
             Trigger::AdminRollback => "admin-rollback",
+            Trigger::AdminSource => "admin-source",
+            Trigger::Push => "push",
         }
     }
 }
 
 /// The routing table being served, with where and when it came from.
 pub struct ActiveConfig {
-    /// The compiled table the proxy routes with.
-    pub table: RoutingTable<Arc<Upstream>>,
+    /// The compiled table the proxy routes with (shared when only the label changes).
+    pub table: Arc<RoutingTable<Arc<Upstream>>>,
     /// The customer header, parsed once.
     pub header: HeaderName,
     /// The config the table was built from (for the admin API, diffs and rollback).
@@ -97,6 +104,8 @@ pub struct ActiveConfig {
     pub source_detail: String,
     /// When it was applied.
     pub applied_at: SystemTime,
+    /// For tables from the control plane (or its cache): which snapshot.
+    pub snapshot: Option<SnapshotRef>,
 }
 
 /// One applied version, kept for `/admin/history` and rollback.
@@ -139,6 +148,36 @@ pub struct LastError {
     pub error: String,
 }
 
+/// Who decides the routing table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// The local file (no control-plane snapshot applied yet, or none configured).
+    #[default]
+    Local,
+    /// The control plane: local file edits are logged and not applied.
+    Managed,
+    /// An operator forced the local file (break-glass); pushed snapshots are refused.
+    PinnedToFile,
+}
+
+/// The data plane's view of its control plane, for the admin API and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// The control plane URL, when one is configured.
+    pub control_plane: Option<String>,
+    /// The RoutingConfig subscribed to (`namespace/name`).
+    pub routing_config: Option<String>,
+    /// A session is open right now.
+    pub connected: bool,
+    /// Unix seconds of the last message or pong from the control plane.
+    pub last_contact: Option<f64>,
+    /// The control plane reported the RoutingConfig deleted (or unknown): the table is kept.
+    pub orphaned: bool,
+    /// The last snapshot this data plane refused, and why.
+    pub last_nack: Option<String>,
+}
+
 /// State shared between the applier (the only writer) and readers.
 #[derive(Default)]
 pub struct SharedState {
@@ -146,6 +185,8 @@ pub struct SharedState {
     pub active: ArcSwapOption<ActiveConfig>,
     history: Mutex<VecDeque<HistoryEntry>>,
     last_error: Mutex<Option<LastError>>,
+    mode: Mutex<Mode>,
+    sync: Mutex<SyncStatus>,
 }
 
 impl SharedState {
@@ -157,6 +198,25 @@ impl SharedState {
     /// The most recent rejected change, if any.
     pub fn last_error(&self) -> Option<LastError> {
         lock(&self.last_error).clone()
+    }
+
+    /// Who decides the routing table now.
+    pub fn mode(&self) -> Mode {
+        *lock(&self.mode)
+    }
+
+    pub(crate) fn set_mode(&self, mode: Mode) {
+        *lock(&self.mode) = mode;
+    }
+
+    /// The control-plane session as last seen.
+    pub fn sync(&self) -> SyncStatus {
+        lock(&self.sync).clone()
+    }
+
+    /// Updates the control-plane session view.
+    pub fn update_sync(&self, f: impl FnOnce(&mut SyncStatus)) {
+        f(&mut lock(&self.sync));
     }
 
     pub(crate) fn push_history(&self, entry: HistoryEntry) {

@@ -12,7 +12,8 @@
 //!   problem at once with the offending key;
 //! - [`table`]: a [`ValidatedConfig`] compiled into an immutable [`RoutingTable`] whose lookup
 //!   is a single hash probe;
-//! - [`diff`]: what changed between two configs, for audit logs and history.
+//! - [`diff`]: what changed between two configs, for audit logs and history;
+//! - [`protocol`]: the WebSocket messages between control plane and data planes.
 //!
 //! - [`crd`] (feature `kube`): the `RoutingConfig` custom resource and its status, derived from
 //!   the same spec type, for the control plane and `crdgen`.
@@ -28,6 +29,7 @@ pub mod diff;
 pub mod hash;
 pub mod manifest;
 pub mod parse;
+pub mod protocol;
 pub mod schema;
 pub mod table;
 pub mod validate;

@@ -10,6 +10,7 @@
 //! | `GET /admin/history` | the last 10 applied versions with a diff summary each |
 //! | `POST /admin/reload` | re-read the `--config` file now (bearer token) |
 //! | `POST /admin/rollback[?generation=N]` | re-apply the previous version, or version N (bearer token) |
+//! | `POST /admin/source` | break-glass: `{"source":"file"}` pins the local file, `{"source":"control-plane"}` releases it (bearer token) |
 //!
 //! The POST endpoints need `Authorization: Bearer <token>` matching `--admin-token-file`.
 //! Nothing here may change routing except through the [`crate::applier`].
@@ -28,7 +29,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::applier::{Applied, ApplierHandle, ApplyError};
+use crate::applier::{Applied, ApplierHandle, ApplyError, PreferredSource};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Trigger, unix_seconds};
 use auth::AdminToken;
@@ -58,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/history", get(history))
         .route("/admin/reload", post(reload))
         .route("/admin/rollback", post(rollback))
+        .route("/admin/source", post(source))
         .with_state(state)
 }
 
@@ -91,6 +93,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    if let Some(last) = s.state.sync().last_contact {
+        let age = (unix_seconds(SystemTime::now()) - last).max(0.0);
+        s.metrics.control_plane_contact_age.set(age);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -114,6 +120,9 @@ async fn config(State(s): State<AdminState>) -> Response {
             "placements": active.table.placements().len(),
             "warnings": active.config.warnings(),
             "spec": active.config.spec(),
+            "snapshot": active.snapshot,
+            "mode": s.state.mode(),
+            "control_plane": control_plane_view(&s.state),
             "last_error": last_error,
         }))
         .into_response(),
@@ -124,11 +133,32 @@ async fn config(State(s): State<AdminState>) -> Response {
                 "hash": null,
                 "source": null,
                 "spec": null,
+                "mode": s.state.mode(),
+                "control_plane": control_plane_view(&s.state),
                 "last_error": last_error,
             })),
         )
             .into_response(),
     }
+}
+
+fn control_plane_view(state: &SharedState) -> serde_json::Value {
+    let sync = state.sync();
+    if sync.control_plane.is_none() {
+        return serde_json::Value::Null;
+    }
+    let age = sync
+        .last_contact
+        .map(|t| (unix_seconds(SystemTime::now()) - t).max(0.0));
+    json!({
+        "url": sync.control_plane,
+        "routing_config": sync.routing_config,
+        "connected": sync.connected,
+        "last_contact": sync.last_contact,
+        "seconds_since_contact": age,
+        "orphaned": sync.orphaned,
+        "last_nack": sync.last_nack,
+    })
 }
 
 async fn history(State(s): State<AdminState>) -> Response {
@@ -200,10 +230,47 @@ async fn rollback(
     }
 }
 
+/// Body of `POST /admin/source`.
+#[derive(Debug, Deserialize)]
+pub struct SourceRequest {
+    source: PreferredSource,
+}
+
+async fn source(State(s): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(e) = s.token.check(&headers) {
+        return unauthorized(&e);
+    }
+    let request: SourceRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"status": "error", "message": "Source switch failed", "error": format!("expected {{\"source\":\"file\"}} or {{\"source\":\"control-plane\"}}: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    match s.applier.set_source(request.source).await {
+        Ok(Applied {
+            generation, changed, ..
+        }) => Json(json!({
+            "status": "success",
+            "message": "Source switched",
+            "mode": s.state.mode(),
+            "config_generation": generation,
+            "changed": changed,
+            "timestamp": now(),
+        }))
+        .into_response(),
+        Err(e) => failure("Source switch failed", &e),
+    }
+}
+
 fn failure(message: &str, e: &ApplyError) -> Response {
     let status = match e {
         ApplyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ApplyError::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ApplyError::Managed | ApplyError::Pinned | ApplyError::NoSnapshot => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     };
     (

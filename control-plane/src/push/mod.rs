@@ -1,0 +1,114 @@
+//! The snapshot push: data planes subscribe over WebSocket at `/v1/subscribe` and receive the
+//! served snapshot of their RoutingConfig, then every newly accepted version.
+//!
+//! - [`auth`]: who may connect (static tokens or Kubernetes TokenReview) and subscribe to what;
+//! - [`publisher`]: each snapshot encoded once, shared by every subscriber, latest-wins;
+//! - [`session`]: one data plane's session: Hello, snapshots, ACK/NACK, heartbeats;
+//! - [`registry`]: what each data plane last reported, for `/debug/dataplanes` and status.
+//!
+//! A slow data plane never delays the others: each session waits only on its own socket, keeps
+//! at most one pending snapshot (the newest), and is dropped when a send does not complete in
+//! time. Connections are capped.
+
+pub mod auth;
+pub mod publisher;
+pub mod registry;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use auth::Authenticator;
+use publisher::Publisher;
+use registry::Registry;
+
+/// Limits and timings of the push.
+#[derive(Debug, Clone, Copy)]
+pub struct PushSettings {
+    /// Largest message accepted or sent.
+    pub max_message_bytes: usize,
+    /// How often both sides ping.
+    pub heartbeat: Duration,
+    /// Silence after which a session is dropped.
+    pub heartbeat_timeout: Duration,
+    /// Time allowed for one send before the data plane is considered stuck and dropped.
+    pub send_timeout: Duration,
+}
+
+/// Everything the subscribe endpoint shares.
+#[derive(Clone)]
+pub struct PushState {
+    /// Encoded snapshots per object.
+    pub publisher: Arc<Publisher>,
+    /// Per-data-plane reports.
+    pub registry: Arc<Registry>,
+    /// Who may connect.
+    pub auth: Arc<Authenticator>,
+    /// Connection cap.
+    pub slots: Arc<Semaphore>,
+    /// Limits and timings.
+    pub settings: PushSettings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Sessions, so shutdown can wait for them (axum's graceful shutdown does not).
+    pub sessions: TaskTracker,
+    /// Fires on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// `GET /v1/subscribe`: authenticate, then upgrade. A missing or bad token gets 401 before the
+/// upgrade, so no config byte reaches an unauthenticated client.
+pub async fn subscribe(
+    State(s): State<PushState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let identity = match s.auth.authenticate(&headers).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            s.metrics.refused("unauthenticated");
+            tracing::info!(%remote, error = %e, "refused a data plane");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({"status": "error", "message": format!("Authentication required: {e}")})),
+            )
+                .into_response();
+        }
+    };
+    let Ok(slot) = s.slots.clone().try_acquire_owned() else {
+        s.metrics.refused("too-many-connections");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "message": "too many data planes connected; retry later"})),
+        )
+            .into_response();
+    };
+    let max = s.settings.max_message_bytes;
+    upgrade
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max + 64 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = s.sessions.clone();
+            tracker.track_future(async move {
+                session::run(socket, remote, identity, s).await;
+                drop(slot);
+            })
+        })
+}

@@ -1,0 +1,146 @@
+//! Each served snapshot, encoded once and shared by every subscriber of its object.
+//!
+//! Every object with subscribers has a `watch` channel holding what they should have now. A
+//! watch channel keeps only the newest value, which is exactly latest-wins: a data plane that
+//! falls behind skips intermediate versions instead of queueing them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::ws::Utf8Bytes;
+use routing_model::protocol::{MissingReason, ServerMessage, SnapshotMessage, SnapshotRef};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::snapshot::{ObjectKey, SnapshotStore};
+
+/// A snapshot message, serialized once.
+#[derive(Debug)]
+pub struct Encoded {
+    /// Which snapshot.
+    pub reference: SnapshotRef,
+    /// When the control plane accepted it (for the convergence histogram).
+    pub accepted_at: SystemTime,
+    /// The JSON text of the [`ServerMessage::Snapshot`].
+    pub text: Utf8Bytes,
+}
+
+/// What subscribers of one object should have.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// The served snapshot.
+    Snapshot(Arc<Encoded>),
+    /// No snapshot: the object is gone or has no valid version.
+    Missing(MissingReason),
+}
+
+impl Published {
+    fn same_as(&self, other: &Published) -> bool {
+        match (self, other) {
+            (Published::Snapshot(a), Published::Snapshot(b)) => a.reference == b.reference,
+            (Published::Missing(a), Published::Missing(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// The per-object channels.
+pub struct Publisher {
+    store: Arc<SnapshotStore>,
+    channels: Mutex<HashMap<ObjectKey, watch::Sender<Published>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// A publisher over `store`.
+    pub fn new(store: Arc<SnapshotStore>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            channels: Mutex::default(),
+            metrics,
+        })
+    }
+
+    /// Subscribes to one object; the receiver starts with what the object has now.
+    pub fn subscribe(&self, key: &ObjectKey) -> watch::Receiver<Published> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tx) = channels.get(key) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(self.current(key, None));
+        channels.insert(key.clone(), tx);
+        rx
+    }
+
+    /// Follows the store until shutdown, publishing every change.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.store.subscribe();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            self.refresh();
+        }
+    }
+
+    fn refresh(&self) {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        for (key, tx) in channels.iter() {
+            let previous = tx.borrow().clone();
+            let next = self.current(key, Some(&previous));
+            if !next.same_as(&previous) {
+                tx.send_replace(next);
+            }
+        }
+    }
+
+    /// What `key`'s subscribers should have, reusing `previous` when it is still current.
+    fn current(&self, key: &ObjectKey, previous: Option<&Published>) -> Published {
+        let state = self.store.get(key);
+        let Some(served) = state.and_then(|s| s.served) else {
+            let reason = match previous {
+                Some(Published::Snapshot(_)) => MissingReason::Deleted,
+                Some(Published::Missing(reason)) => *reason,
+                None => MissingReason::NotFound,
+            };
+            return Published::Missing(reason);
+        };
+        let reference = SnapshotRef {
+            lineage: served.lineage.clone(),
+            version: served.version,
+            hash: served.hash,
+        };
+        if let Some(Published::Snapshot(encoded)) = previous
+            && encoded.reference == reference
+        {
+            return Published::Snapshot(encoded.clone());
+        }
+        let message = ServerMessage::Snapshot(SnapshotMessage {
+            routing_config: key.to_string(),
+            snapshot: reference.clone(),
+            spec: served.config.spec().clone(),
+        });
+        let started = std::time::Instant::now();
+        // Serializing plain structs into a String cannot fail.
+        let text = serde_json::to_string(&message).expect("snapshot serializes");
+        self.metrics
+            .snapshot_encode
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.snapshot_bytes.set(text.len() as i64);
+        Published::Snapshot(Arc::new(Encoded {
+            reference,
+            accepted_at: served.accepted_at,
+            text: Utf8Bytes::from(text),
+        }))
+    }
+}

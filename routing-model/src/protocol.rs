@@ -1,0 +1,245 @@
+//! The snapshot protocol between the control plane and data planes (`PROTOCOL.md` describes it
+//! for humans).
+//!
+//! One WebSocket per data plane, JSON text messages tagged by `type`. The data plane opens with
+//! [`Hello`] naming the RoutingConfig it serves and the snapshot it already has; the control plane
+//! answers [`Welcome`] and then sends a [`SnapshotMessage`] only when the data plane's snapshot
+//! differs from the served one (a reconnect with an up-to-date table costs no table bytes), and
+//! again for every newly accepted version. The data plane answers every snapshot with an ACK
+//! (applied) or a NACK (refused, with the error); a NACKed snapshot never replaces its table.
+//!
+//! Compatibility: both sides ignore unknown fields, and the control plane only sends message
+//! kinds the data plane announced in its `capabilities`, which leaves room for delta updates
+//! without breaking old data planes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::ContentHash;
+use crate::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest, RoutingConfigSpec};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The WebSocket path on the control plane.
+pub const SUBSCRIBE_PATH: &str = "/v1/subscribe";
+/// Capability: full snapshots as [`SnapshotMessage`] (every data plane has it).
+pub const CAP_FULL_SNAPSHOT: &str = "full-snapshot";
+/// Default bound on one message, both directions.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Identity of one snapshot: which object lineage, which version, which content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// The object's identity across delete and re-create (its `uid`, or `file:<path>`).
+    pub lineage: String,
+    /// Rises with every accepted change within a lineage.
+    pub version: i64,
+    /// Content hash of the spec.
+    pub hash: ContentHash,
+}
+
+/// Where a snapshot stands against another of the same object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// Same lineage and version.
+    Same,
+    /// Same lineage, later version.
+    Newer,
+    /// Same lineage, earlier version: applying it would regress.
+    Older,
+    /// Another lineage (the object was re-created): never "older".
+    OtherLineage,
+}
+
+impl SnapshotRef {
+    /// How `self` relates to `other`.
+    pub fn compare(&self, other: &SnapshotRef) -> Ordering {
+        if self.lineage != other.lineage {
+            return Ordering::OtherLineage;
+        }
+        match self.version.cmp(&other.version) {
+            std::cmp::Ordering::Equal => Ordering::Same,
+            std::cmp::Ordering::Greater => Ordering::Newer,
+            std::cmp::Ordering::Less => Ordering::Older,
+        }
+    }
+}
+
+/// First message of a data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The data plane's id (its pod name).
+    pub data_plane: String,
+    /// The RoutingConfig it serves, as `namespace/name`.
+    pub routing_config: String,
+    /// The control-plane snapshot it has applied, if any.
+    #[serde(default)]
+    pub applied: Option<SnapshotRef>,
+    /// The protocol version it speaks.
+    pub protocol: u32,
+    /// Message kinds it understands beyond the basics.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Messages from a data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Opens the session.
+    Hello(Hello),
+    /// The snapshot was applied (or was already active).
+    Ack {
+        /// Which snapshot.
+        snapshot: SnapshotRef,
+    },
+    /// The snapshot was refused; the data plane keeps its table.
+    Nack {
+        /// Which snapshot.
+        snapshot: SnapshotRef,
+        /// Why, naming the offending key where there is one.
+        error: String,
+    },
+}
+
+/// The control plane's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the session will use.
+    pub protocol: u32,
+    /// Capabilities the control plane will use on this session.
+    pub capabilities: Vec<String>,
+    /// How often each side must send something (a ping at least), in milliseconds.
+    pub heartbeat_ms: u64,
+    /// True when the data plane's snapshot is the served one (no snapshot follows).
+    pub up_to_date: bool,
+}
+
+/// A full snapshot of one RoutingConfig.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMessage {
+    /// `namespace/name`.
+    pub routing_config: String,
+    /// Its identity.
+    pub snapshot: SnapshotRef,
+    /// The routing rules.
+    pub spec: RoutingConfigSpec,
+}
+
+impl SnapshotMessage {
+    /// The manifest this snapshot stands for, for validation with the shared rules.
+    pub fn to_manifest(&self) -> RoutingConfigManifest {
+        let (namespace, name) = split_object(&self.routing_config);
+        RoutingConfigManifest {
+            api_version: API_VERSION.to_owned(),
+            kind: KIND.to_owned(),
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+            },
+            spec: self.spec.clone(),
+            status: None,
+        }
+    }
+}
+
+/// Why no snapshot is available for the subscribed RoutingConfig.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingReason {
+    /// The object was deleted (data planes keep serving their last-known-good table).
+    Deleted,
+    /// The control plane has no valid version of it (never existed, or never valid).
+    NotFound,
+}
+
+/// Messages from the control plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Answers [`Hello`].
+    Welcome(Welcome),
+    /// A new version to apply.
+    Snapshot(SnapshotMessage),
+    /// No snapshot is available; keep serving the current table.
+    Missing {
+        /// `namespace/name`.
+        routing_config: String,
+        /// Why.
+        reason: MissingReason,
+    },
+    /// The session cannot continue (protocol violation, forbidden subscription); the socket
+    /// closes after this.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Splits `namespace/name`; a bare name means namespace `default`.
+pub fn split_object(object: &str) -> (&str, &str) {
+    object.split_once('/').unwrap_or(("default", object))
+}
+
+/// Checks a `namespace/name` reference, naming what is wrong.
+pub fn check_object_ref(object: &str) -> Result<(), String> {
+    let (ns, name) = object
+        .split_once('/')
+        .ok_or_else(|| format!("`{object}` must be NAMESPACE/NAME"))?;
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    if !dns_label(ns) || !dns_label(name) {
+        return Err(format!(
+            "`{object}` must be NAMESPACE/NAME with lowercase letters, digits, `-` and `.`"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(lineage: &str, version: i64) -> SnapshotRef {
+        SnapshotRef {
+            lineage: lineage.into(),
+            version,
+            hash: serde_json::from_str(&format!("\"sha256:{}\"", "ab".repeat(32))).unwrap(),
+        }
+    }
+
+    #[test]
+    fn ordering_never_calls_another_lineage_older() {
+        assert_eq!(r("a", 2).compare(&r("a", 1)), Ordering::Newer);
+        assert_eq!(r("a", 1).compare(&r("a", 2)), Ordering::Older);
+        assert_eq!(r("a", 1).compare(&r("a", 1)), Ordering::Same);
+        assert_eq!(r("b", 1).compare(&r("a", 9)), Ordering::OtherLineage);
+    }
+
+    #[test]
+    fn messages_round_trip_and_tolerate_unknown_fields() {
+        let hello = ClientMessage::Hello(Hello {
+            data_plane: "dp-1".into(),
+            routing_config: "default/routes".into(),
+            applied: Some(r("u", 3)),
+            protocol: PROTOCOL_VERSION,
+            capabilities: vec![CAP_FULL_SNAPSHOT.into()],
+        });
+        let text = serde_json::to_string(&hello).unwrap();
+        assert!(text.starts_with(r#"{"type":"hello""#), "{text}");
+        assert_eq!(serde_json::from_str::<ClientMessage>(&text).unwrap(), hello);
+        let newer = text.replacen('{', r#"{"future_field":1,"#, 1);
+        assert_eq!(serde_json::from_str::<ClientMessage>(&newer).unwrap(), hello);
+    }
+
+    #[test]
+    fn object_refs_are_checked() {
+        assert!(check_object_ref("default/routes").is_ok());
+        assert!(check_object_ref("routes").is_err());
+        assert!(check_object_ref("Default/routes").is_err());
+        assert!(check_object_ref("ns/").is_err());
+    }
+}
