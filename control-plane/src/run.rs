@@ -47,6 +47,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
 
+    let registry = Arc::new(Registry::default());
     let mut leader_task = None;
     let mut kube_client = None;
     let source: Box<dyn ConfigSource> = match &args.from_file {
@@ -82,6 +83,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 namespace: args.namespace.clone(),
                 leader: leading,
                 reporter: format!("{FIELD_MANAGER}/{identity}"),
+                registry: registry.clone(),
             })
         }
     };
@@ -98,7 +100,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let sessions = TaskTracker::new();
     let push = PushState {
         publisher,
-        registry: Arc::new(Registry::default()),
+        registry,
         auth: Arc::new(auth),
         slots: Arc::new(Semaphore::new(args.max_connections)),
         settings: PushSettings {

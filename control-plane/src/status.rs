@@ -11,8 +11,12 @@ use std::time::SystemTime;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use routing_model::crd::{CONDITION_ACCEPTED, CONDITION_SYNCED, RoutingConfigStatus, SnapshotStatus};
+use routing_model::crd::{
+    CONDITION_ACCEPTED, CONDITION_SYNCED, DataPlaneRejection, DataPlanesStatus, RoutingConfigStatus,
+    SnapshotStatus,
+};
 
+use crate::push::registry::Counts;
 use crate::snapshot::ObjectState;
 
 /// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
@@ -28,6 +32,8 @@ pub struct Input<'a> {
     pub state: &'a ObjectState,
     /// The status currently stored on the object.
     pub current: Option<&'a RoutingConfigStatus>,
+    /// Data planes subscribed to the object, against its served snapshot.
+    pub data_planes: &'a Counts,
     /// Now.
     pub now: SystemTime,
 }
@@ -43,6 +49,16 @@ pub enum Decision {
     /// The current generation was rejected.
     Rejected {
         /// The condition message, naming the bad fields.
+        message: String,
+    },
+    /// Every subscribed data plane applied the served version.
+    Synced {
+        /// The condition message.
+        message: String,
+    },
+    /// A data plane rejected the served version.
+    RejectedByDataPlane {
+        /// The condition message, with the data plane's error.
         message: String,
     },
 }
@@ -92,12 +108,7 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             format!("generation {} has not been validated yet", input.generation),
         ),
     };
-    let synced = condition(
-        CONDITION_SYNCED,
-        "Unknown",
-        "AwaitingDataPlaneReports",
-        "data planes do not report applied versions to this control plane yet".to_owned(),
-    );
+    let synced = synced_condition(input.data_planes, served.map(|s| s.version));
     let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
     let conditions = [accepted, synced]
         .into_iter()
@@ -127,12 +138,96 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
         observed_generation: Some(input.generation),
         conditions,
         snapshot,
-        data_planes: input.current.and_then(|c| c.data_planes.clone()),
+        data_planes: Some(data_planes_status(input.data_planes)),
     }
 }
 
-/// The decision to announce with an Event, if the desired status says something the stored one
-/// did not (a new generation, or a changed `Accepted` status).
+fn synced_condition(counts: &Counts, served: Option<i64>) -> Condition {
+    let Some(version) = served else {
+        return condition(
+            CONDITION_SYNCED,
+            "Unknown",
+            "NoSnapshot",
+            "no valid version to serve yet".to_owned(),
+        );
+    };
+    if counts.connected == 0 {
+        return condition(
+            CONDITION_SYNCED,
+            "Unknown",
+            "NoDataPlanes",
+            "no data plane is subscribed to this RoutingConfig".to_owned(),
+        );
+    }
+    if let Some((data_plane, rejected, error)) = &counts.last_rejection {
+        return condition(
+            CONDITION_SYNCED,
+            "False",
+            "RejectedByDataPlane",
+            truncate(&format!(
+                "{} of {} data planes rejected version {version}; {data_plane} rejected version {rejected}: {error}",
+                counts.rejected, counts.connected
+            )),
+        );
+    }
+    if counts.synced < counts.connected {
+        return condition(
+            CONDITION_SYNCED,
+            "False",
+            "Converging",
+            format!(
+                "{} of {} data planes applied version {version}",
+                counts.synced, counts.connected
+            ),
+        );
+    }
+    condition(
+        CONDITION_SYNCED,
+        "True",
+        "AllDataPlanesSynced",
+        format!("all {} data planes applied version {version}", counts.connected),
+    )
+}
+
+fn data_planes_status(counts: &Counts) -> DataPlanesStatus {
+    DataPlanesStatus {
+        connected: counts.connected,
+        synced: counts.synced,
+        rejected: counts.rejected,
+        summary: format!("{}/{}", counts.synced, counts.connected),
+        last_rejection: counts
+            .last_rejection
+            .as_ref()
+            .map(|(data_plane, version, error)| DataPlaneRejection {
+                data_plane: data_plane.clone(),
+                version: *version,
+                error: truncate(error),
+            }),
+    }
+}
+
+/// The Events to publish: what the desired status says that the stored one did not.
+pub fn decisions(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigStatus) -> Vec<Decision> {
+    let mut out: Vec<Decision> = decision(current, desired).into_iter().collect();
+    let synced = |s: &RoutingConfigStatus| s.conditions.iter().find(|c| c.type_ == CONDITION_SYNCED).cloned();
+    if let Some(new) = synced(desired) {
+        let old = current.and_then(synced);
+        let changed = old.is_none_or(|o| o.status != new.status || o.reason != new.reason);
+        if changed {
+            match (new.status.as_str(), new.reason.as_str()) {
+                ("True", _) => out.push(Decision::Synced { message: new.message }),
+                ("False", "RejectedByDataPlane") => {
+                    out.push(Decision::RejectedByDataPlane { message: new.message })
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The decision about `Accepted` to announce, if the desired status says something the stored
+/// one did not (a new generation, or a changed `Accepted` status).
 pub fn decision(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigStatus) -> Option<Decision> {
     let accepted = |s: &RoutingConfigStatus| {
         s.conditions
@@ -187,6 +282,7 @@ fn truncate(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::push::registry::Counts;
     use std::time::Duration;
 
     use routing_model::ParseLimits;
@@ -224,6 +320,7 @@ mod tests {
             uid: "u1",
             state: &state,
             current: None,
+            data_planes: &Counts::default(),
             now: t0,
         });
         assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
@@ -234,6 +331,7 @@ mod tests {
             uid: "u1",
             state: &state,
             current: Some(&first),
+            data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(3600),
         });
         assert_eq!(first, later);
@@ -251,6 +349,7 @@ mod tests {
             uid: "u1",
             state: &state,
             current: None,
+            data_planes: &Counts::default(),
             now: t0,
         });
         store.offer(&key(), "u1", 2, Err("spec.defaultPlacement: no endpoint".into()));
@@ -260,6 +359,7 @@ mod tests {
             uid: "u1",
             state: &state,
             current: Some(&first),
+            data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(10),
         });
         let accepted = second
@@ -300,9 +400,47 @@ mod tests {
             uid: "new-uid",
             state: &state,
             current: None,
+            data_planes: &Counts::default(),
             now: SystemTime::now(),
         });
         assert!(s.snapshot.is_none());
         assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");
+    }
+}
+
+#[cfg(test)]
+mod synced_tests {
+    use super::*;
+    use crate::push::registry::Counts;
+
+    fn counts(connected: i64, synced: i64, rejected: Option<&str>) -> Counts {
+        Counts {
+            connected,
+            synced,
+            rejected: i64::from(rejected.is_some()),
+            last_rejection: rejected.map(|e| ("dp-1".to_owned(), 3, e.to_owned())),
+        }
+    }
+
+    #[test]
+    fn synced_reflects_data_plane_reports() {
+        assert_eq!(synced_condition(&counts(0, 0, None), Some(3)).status, "Unknown");
+        assert_eq!(
+            synced_condition(&counts(3, 2, None), Some(3)).reason,
+            "Converging"
+        );
+        let all = synced_condition(&counts(3, 3, None), Some(3));
+        assert_eq!(
+            (all.status.as_str(), all.reason.as_str()),
+            ("True", "AllDataPlanesSynced")
+        );
+        let rejected = synced_condition(&counts(3, 2, Some("too many customers")), Some(3));
+        assert_eq!(rejected.status, "False");
+        assert!(
+            rejected.message.contains("too many customers"),
+            "{}",
+            rejected.message
+        );
+        assert_eq!(data_planes_status(&counts(3, 2, None)).summary, "2/3");
     }
 }

@@ -18,11 +18,13 @@ use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
 use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
+use routing_model::protocol::SnapshotRef;
 use routing_model::validate::validate;
 use tokio::sync::watch;
 
 use super::{ConfigSource, SourceContext};
 use crate::metrics::{Metrics, ReconcileResult};
+use crate::push::registry::Registry;
 use crate::snapshot::{ObjectKey, SnapshotStore};
 use crate::status::{self, Decision};
 
@@ -52,6 +54,8 @@ pub struct KubernetesSource {
     pub leader: watch::Receiver<bool>,
     /// Name this control plane reports Events as.
     pub reporter: String,
+    /// What data planes report, for `status.dataPlanes` and the `Synced` condition.
+    pub registry: Arc<Registry>,
 }
 
 struct Ctx {
@@ -60,6 +64,7 @@ struct Ctx {
     recorder: Recorder,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 impl ConfigSource for KubernetesSource {
@@ -83,10 +88,12 @@ impl ConfigSource for KubernetesSource {
                 recorder: Recorder::new(self.client.clone(), Reporter::from(self.reporter.clone())),
                 leader: self.leader.clone(),
                 metrics: sctx.metrics.clone(),
+                registry: self.registry.clone(),
             });
             let shutdown = sctx.shutdown.clone();
             Controller::for_stream(stream, reader)
                 .reconcile_all_on(became_leader(self.leader.clone()))
+                .reconcile_all_on(data_planes_changed(self.registry.clone()))
                 .graceful_shutdown_on(async move { shutdown.cancelled().await })
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| async move {
@@ -143,6 +150,17 @@ fn became_leader(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> +
     })
 }
 
+/// Yields after data-plane reports change, at most every 250 ms, so `status.dataPlanes` follows
+/// ACKs and NACKs without a write per message.
+fn data_planes_changed(registry: Arc<Registry>) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(registry.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rx.borrow_and_update();
+        Some(((), rx))
+    })
+}
+
 fn key_of(obj: &RoutingConfig) -> Option<ObjectKey> {
     Some(ObjectKey {
         namespace: obj.namespace()?,
@@ -191,11 +209,18 @@ async fn write_status(
 ) -> Result<(), ReconcileError> {
     let state = ctx.store.get(key).unwrap_or_default();
     let current = obj.status.as_ref();
+    let served = state.served.as_ref().map(|s| SnapshotRef {
+        lineage: s.lineage.clone(),
+        version: s.version,
+        hash: s.hash,
+    });
+    let counts = ctx.registry.counts(&key.to_string(), served.as_ref());
     let desired = status::desired(&status::Input {
         generation,
         uid,
         state: &state,
         current,
+        data_planes: &counts,
         now: SystemTime::now(),
     });
     if current.is_some_and(|c| same_status(c, &desired)) {
@@ -215,7 +240,7 @@ async fn write_status(
     .await
     .map_err(|e| ReconcileError::Status(key.to_string(), e))?;
     ctx.metrics.status_writes.inc();
-    if let Some(decision) = status::decision(current, &desired) {
+    for decision in status::decisions(current, &desired) {
         publish(ctx, obj, decision).await;
     }
     Ok(())
@@ -235,6 +260,8 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
     let (type_, reason, note) = match decision {
         Decision::Accepted { message } => (EventType::Normal, "Accepted", message),
         Decision::Rejected { message } => (EventType::Warning, "Rejected", message),
+        Decision::Synced { message } => (EventType::Normal, "Synced", message),
+        Decision::RejectedByDataPlane { message } => (EventType::Warning, "RejectedByDataPlane", message),
     };
     let event = Event {
         type_,
