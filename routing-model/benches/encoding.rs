@@ -42,7 +42,9 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).expect("gunzip");
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("gunzip");
     out
 }
 
@@ -55,7 +57,9 @@ fn encoding(c: &mut Criterion) {
         let json_gz = gzip(&json);
         // postcard cannot decode internally tagged enums (no self-description), so a binary
         // protocol would frame the tag separately: measure the snapshot body itself.
-        let ServerMessage::Snapshot(body) = &msg else { unreachable!() };
+        let ServerMessage::Snapshot(body) = &msg else {
+            unreachable!()
+        };
         let post = postcard::to_stdvec(body).expect("postcard");
         eprintln!(
             "{customers} customers: json {} B, json+gzip {} B, postcard {} B",
