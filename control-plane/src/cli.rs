@@ -110,6 +110,14 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_SEND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub send_timeout: Duration,
 
+    /// PEM certificate chain: serve `wss://` and `https://` instead of plain text.
+    #[arg(long, env = "CELLROUTE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CELLROUTE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "CELLROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

@@ -23,4 +23,5 @@ pub mod run;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod tls;
 pub mod validate_cmd;

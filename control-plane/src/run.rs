@@ -4,7 +4,6 @@
 //! election (releasing the lease) and the HTTP server. Signals are handled here rather than by
 //! `Controller::shutdown_on_signal`, which would take SIGINT/SIGTERM over for the whole process.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use crate::snapshot::SnapshotStore;
 use crate::source::file::FileSource;
 use crate::source::kubernetes::{FIELD_MANAGER, KubernetesSource};
 use crate::source::{ConfigSource, Readiness, SourceContext};
+use crate::tls::{Remote, ServeListener};
 
 /// Runs the control plane until SIGTERM/SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -119,16 +119,23 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         push,
     });
-    tracing::info!(listener = "http", addr = %listener.local_addr()?, "listening");
+    let addr = listener.local_addr()?;
+    let listener = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => ServeListener::tls(listener, cert, key)?,
+        _ => ServeListener::Plain(listener),
+    };
+    let scheme = if matches!(listener, ServeListener::Tls { .. }) {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(listener = "http", %addr, scheme, "listening");
     let http_task = {
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+            axum::serve(listener, router.into_make_service_with_connect_info::<Remote>())
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
         })
     };
 

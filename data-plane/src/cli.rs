@@ -105,6 +105,11 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Extra CA certificates (PEM) to trust for a `wss://` control plane, in addition to the
+    /// system's roots.
+    #[arg(long, env = "CELLROUTE_CONTROL_PLANE_CA", value_name = "FILE")]
+    pub control_plane_ca: Option<PathBuf>,
+
     /// Directory of the last-known-good cache. With it, a restart during a control-plane outage
     /// serves the last applied snapshot at once.
     #[arg(long, env = "CELLROUTE_CACHE_DIR", value_name = "DIR")]

@@ -49,6 +49,52 @@ pub struct Settings {
     pub backoff_min: Duration,
     /// Longest reconnect step.
     pub backoff_max: Duration,
+    /// TLS settings for `wss://` (system roots plus any `--control-plane-ca`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Why the TLS client settings could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use --control-plane-ca {path}: {why}")]
+pub struct CaError {
+    path: String,
+    why: String,
+}
+
+/// TLS client settings trusting the system's roots and, if given, the CAs in `ca_file`.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let fail = |why: String| CaError {
+            path: path.display().to_string(),
+            why,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| fail(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fail("no certificate found".to_owned()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CaError {
+                path: String::new(),
+                why: e.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Why a session ended.
@@ -143,7 +189,8 @@ async fn session(
         .read_buffer_size(64 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(settings.max_message_bytes + 64 * 1024);
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connector = settings.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
     let (ws, _) = tokio::time::timeout(settings.heartbeat_timeout, connect)
         .await
         .map_err(|_| SessionError::ConnectTimeout(settings.heartbeat_timeout))??;

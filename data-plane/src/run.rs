@@ -101,7 +101,13 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
 
     if let (Some(url), Some(object)) = (&args.control_plane, &args.routing_config) {
+        let tls = if url.starts_with("wss://") {
+            Some(control_plane::tls_config(args.control_plane_ca.as_deref())?)
+        } else {
+            None
+        };
         let settings = control_plane::Settings {
+            tls,
             url: url.clone(),
             routing_config: object.clone(),
             id: args.id.clone().unwrap_or_else(default_id),

@@ -15,7 +15,6 @@ pub mod publisher;
 pub mod registry;
 pub mod session;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::tls::Remote;
 use auth::Authenticator;
 use publisher::Publisher;
 use registry::Registry;
@@ -72,7 +72,7 @@ pub struct PushState {
 /// upgrade, so no config byte reaches an unauthenticated client.
 pub async fn subscribe(
     State(s): State<PushState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(Remote(remote)): ConnectInfo<Remote>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
