@@ -58,8 +58,8 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_LEASE_NAME", default_value = "cellroute-control-plane")]
     pub lease_name: String,
 
-    /// Seconds a leader's lease stays valid without renewal; a crashed leader is replaced after
-    /// at most this long (a clean shutdown releases it at once).
+    /// Seconds a leader's lease stays valid without renewal. A clean shutdown releases the lease;
+    /// either way another replica takes over within about this long.
     #[arg(long, env = "CELLROUTE_LEASE_DURATION", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration: u64,

@@ -20,6 +20,7 @@ pub mod leader;
 pub mod metrics;
 pub mod push;
 pub mod run;
+pub mod served_spec;
 pub mod snapshot;
 pub mod source;
 pub mod status;

@@ -132,6 +132,7 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             version: s.version,
             hash,
             accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
+            served_spec: (s.version != input.generation).then(|| crate::served_spec::encode(s.config.spec())),
         }
     });
     RoutingConfigStatus {
@@ -382,8 +383,19 @@ mod tests {
             second.conditions[1].last_transition_time,
             first.conditions[1].last_transition_time
         );
-        assert_eq!(second.snapshot.as_ref().unwrap().version, 1);
-        assert_eq!(second.snapshot, first.snapshot);
+        let (kept, before) = (
+            second.snapshot.as_ref().unwrap(),
+            first.snapshot.as_ref().unwrap(),
+        );
+        assert_eq!(
+            (kept.version, &kept.hash, &kept.accepted_at),
+            (1, &before.hash, &before.accepted_at)
+        );
+        // While generation 2 is rejected the served spec travels in the status, so another
+        // replica can keep serving it.
+        assert!(before.served_spec.is_none());
+        let carried = crate::served_spec::decode(kept.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
+        assert_eq!(&carried, state.served.as_ref().unwrap().config.spec());
         assert!(matches!(
             decision(Some(&first), &second),
             Some(Decision::Rejected { .. })

@@ -47,6 +47,11 @@ pub struct SnapshotStatus {
     pub hash: String,
     /// When this version was accepted.
     pub accepted_at: Time,
+    /// The served spec (gzip, then base64, of its JSON), present only while the object's current
+    /// generation is not the served one (rejected). It lets any control-plane replica, including
+    /// one started after the rejection, keep serving the last valid version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_spec: Option<String>,
 }
 
 /// Counts of subscribed data planes.

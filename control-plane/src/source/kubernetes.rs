@@ -61,7 +61,7 @@ pub struct KubernetesSource {
 struct Ctx {
     client: Client,
     store: Arc<SnapshotStore>,
-    recorder: Recorder,
+    reporter: Reporter,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -85,7 +85,7 @@ impl ConfigSource for KubernetesSource {
             let ctx = Arc::new(Ctx {
                 client: self.client.clone(),
                 store: sctx.store.clone(),
-                recorder: Recorder::new(self.client.clone(), Reporter::from(self.reporter.clone())),
+                reporter: Reporter::from(self.reporter.clone()),
                 leader: self.leader.clone(),
                 metrics: sctx.metrics.clone(),
                 registry: self.registry.clone(),
@@ -191,6 +191,9 @@ async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, Rec
     ctx.metrics
         .snapshot_build
         .observe(started.elapsed().as_secs_f64());
+    if candidate.is_err() {
+        recover_served(&obj, &key, &uid, &ctx.store);
+    }
     let offered = ctx.store.offer(&key, &uid, generation, candidate);
     super::record(&ctx.metrics, &ctx.store, &key, generation, &offered);
 
@@ -198,6 +201,53 @@ async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, Rec
         write_status(&obj, &key, &uid, generation, &ctx).await?;
     }
     Ok(Action::await_change())
+}
+
+/// Re-serves the last valid version recorded in the status when this process has none for the
+/// object (it started while the current generation was already rejected).
+fn recover_served(obj: &RoutingConfig, key: &ObjectKey, uid: &str, store: &SnapshotStore) {
+    let has_served = store
+        .get(key)
+        .and_then(|s| s.served)
+        .is_some_and(|s| s.lineage == uid);
+    let Some(recorded) = obj.status.as_ref().and_then(|s| s.snapshot.as_ref()) else {
+        return;
+    };
+    let Some(text) = recorded.served_spec.as_deref() else {
+        return;
+    };
+    if has_served {
+        return;
+    }
+    let spec = match crate::served_spec::decode(text, routing_model::parse::DEFAULT_MAX_CONFIG_BYTES) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::warn!(object = %key, error = %e, "cannot recover the last served version");
+            return;
+        }
+    };
+    let manifest = RoutingConfigManifest {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        metadata: ObjectMeta {
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+        },
+        spec,
+        status: None,
+    };
+    match validate(manifest) {
+        Ok(config) if config.hash().to_string() == recorded.hash => {
+            store.offer(key, uid, recorded.version, Ok(config));
+            tracing::info!(target: "audit", object = %key, version = recorded.version, "recovered the last valid version from the status; serving it while the current generation is rejected");
+        }
+        Ok(_) => {
+            tracing::warn!(object = %key, "the recorded served spec does not match its hash; not serving it")
+        }
+        Err(e) => {
+            tracing::warn!(object = %key, error = %e, "the recorded served spec is not valid; not serving it")
+        }
+    }
 }
 
 async fn write_status(
@@ -270,7 +320,10 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
         action: "Validate".to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    // A fresh Recorder per Event: the shared one folds a later Event with the same reason into
+    // the first (bumping its count, keeping its note), and each decision here has its own note.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         // An Event is a notification; failing to send one must not fail the reconcile.
         tracing::warn!(object = %obj.name_any(), error = %e, "cannot publish Event");
     }
