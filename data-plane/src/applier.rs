@@ -275,8 +275,9 @@ pub struct ApplierSettings {
 
 /// What the blocking build step produced.
 enum Candidate {
-    /// Identical content; for snapshots, the newer identity to record if it changed.
-    Unchanged(ContentHash, Option<SnapshotRef>),
+    /// Identical content, with the candidate's snapshot identity (for pushed or cached
+    /// snapshots) and source detail, to record if they differ from the active ones.
+    Unchanged(ContentHash, Option<SnapshotRef>, String),
     Built(Box<Built>),
 }
 
@@ -522,22 +523,30 @@ impl Applier {
                 .await
                 .map_err(|e| ApplyError::Panicked(panic_message(e)))??;
         let built = match built {
-            Candidate::Unchanged(hash, relabel) => {
+            Candidate::Unchanged(hash, snapshot, detail) => {
                 let generation = current.as_ref().map_or(0, |a| a.generation);
-                // Same content under a newer snapshot identity: keep the table, record the new
-                // identity so the next Hello reports it.
-                if let (Some(snapshot), Some(active)) = (relabel, current.as_ref()) {
+                // Same content from another source or under another snapshot identity: keep the
+                // table, but record where it now comes from, so the admin API, the metrics and
+                // the next Hello tell the truth.
+                if let Some(active) = current.as_ref()
+                    && (active.source != source || active.snapshot != snapshot)
+                {
                     self.state.active.store(Some(Arc::new(ActiveConfig {
                         table: active.table.clone(),
                         header: active.header.clone(),
                         config: active.config.clone(),
                         generation: active.generation,
                         source,
-                        source_detail: active.source_detail.clone(),
+                        source_detail: detail,
                         applied_at: active.applied_at,
-                        snapshot: Some(snapshot),
+                        snapshot: snapshot.clone(),
                     })));
                     self.metrics.set_active_source(source);
+                }
+                if source == Source::ControlPlane
+                    && let Some(snapshot) = snapshot
+                {
+                    self.state.snapshot_applied(snapshot);
                 }
                 tracing::debug!(source = source.as_str(), trigger = trigger.as_str(), %hash, "config unchanged");
                 return Ok(Applied {
@@ -573,7 +582,13 @@ impl Applier {
         for w in active.config.warnings() {
             tracing::warn!(source = source.as_str(), field = %w.field, "{}", w.message);
         }
+        let pushed = (source == Source::ControlPlane)
+            .then(|| active.snapshot.clone())
+            .flatten();
         self.state.active.store(Some(Arc::new(active)));
+        if let Some(snapshot) = pushed {
+            self.state.snapshot_applied(snapshot);
+        }
         self.state.push_history(entry);
         self.metrics.reload_success.inc();
         self.metrics.generation.set(applied.generation as i64);
@@ -686,8 +701,7 @@ fn build(
     if let Some(prev) = &previous
         && prev.config.hash() == config.hash()
     {
-        let relabel = snapshot.filter(|s| prev.snapshot.as_ref() != Some(s));
-        return Ok(Candidate::Unchanged(config.hash(), relabel));
+        return Ok(Candidate::Unchanged(config.hash(), snapshot, detail));
     }
     let upstreams = config
         .spec()

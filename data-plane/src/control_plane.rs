@@ -214,11 +214,26 @@ async fn session(
     let mut ping = tokio::time::interval(settings.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
+    // Snapshots applied outside a push reply (an operator releasing break-glass re-applies the
+    // newest pushed one) are ACKed too, so the control plane's view does not go stale.
+    let mut applied = state.applied_snapshots();
+    let mut acked = applied.borrow_and_update().clone();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = sink.send(Message::Close(None)).await;
                 return Ok(());
+            }
+            changed = applied.changed() => {
+                let next = applied.borrow_and_update().clone();
+                if changed.is_ok() && next.is_some() && next != acked {
+                    acked = next.clone();
+                    if let Some(snapshot) = next {
+                        metrics.snapshot_acks.inc();
+                        state.update_sync(|s| s.last_nack = None);
+                        sink.send(text(&ClientMessage::Ack { snapshot })).await?;
+                    }
+                }
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > settings.heartbeat_timeout {
@@ -237,6 +252,9 @@ async fn session(
                         let message: ServerMessage = serde_json::from_str(body.as_str())
                             .map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))?;
                         if let Some(reply) = handle(message, applier, state, metrics).await? {
+                            if let ClientMessage::Ack { snapshot } = &reply {
+                                acked = Some(snapshot.clone());
+                            }
                             sink.send(text(&reply)).await?;
                         }
                     }

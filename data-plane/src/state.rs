@@ -179,7 +179,6 @@ pub struct SyncStatus {
 }
 
 /// State shared between the applier (the only writer) and readers.
-#[derive(Default)]
 pub struct SharedState {
     /// The active table, if any.
     pub active: ArcSwapOption<ActiveConfig>,
@@ -187,6 +186,20 @@ pub struct SharedState {
     last_error: Mutex<Option<LastError>>,
     mode: Mutex<Mode>,
     sync: Mutex<SyncStatus>,
+    applied: tokio::sync::watch::Sender<Option<SnapshotRef>>,
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        Self {
+            active: ArcSwapOption::default(),
+            history: Mutex::default(),
+            last_error: Mutex::default(),
+            mode: Mutex::default(),
+            sync: Mutex::default(),
+            applied: tokio::sync::watch::channel(None).0,
+        }
+    }
 }
 
 impl SharedState {
@@ -207,6 +220,21 @@ impl SharedState {
 
     pub(crate) fn set_mode(&self, mode: Mode) {
         *lock(&self.mode) = mode;
+    }
+
+    /// Announces a control-plane snapshot that is now active, however it got there (a push, or
+    /// an operator releasing break-glass), so the session can ACK it.
+    pub(crate) fn snapshot_applied(&self, snapshot: SnapshotRef) {
+        self.applied.send_if_modified(|current| {
+            let changed = current.as_ref() != Some(&snapshot);
+            *current = Some(snapshot);
+            changed
+        });
+    }
+
+    /// Follows [`Self::snapshot_applied`].
+    pub fn applied_snapshots(&self) -> tokio::sync::watch::Receiver<Option<SnapshotRef>> {
+        self.applied.subscribe()
     }
 
     /// The control-plane session as last seen.

@@ -1,12 +1,15 @@
 //! Harness for cellroute's end-to-end tests.
 //!
-//! The tests in `tests/tests/` treat the data plane as a black box: they start the real
+//! The tests in `tests/tests/` treat the binaries as black boxes: they start the real
 //! `data-plane` binary, point it at in-process echo "cells", and talk to it over loopback
-//! sockets exactly as a client, an operator and Kubernetes would. This library holds what those
-//! tests share, one concern per module:
+//! sockets exactly as a client, an operator and Kubernetes would; the `operator_*` tests start
+//! the real `control-plane` binary against a real Kubernetes API server. This library holds what
+//! those tests share, one concern per module:
 //!
 //! - [`echo`]: an echo cell that answers every request with what it received;
-//! - [`process`]: start, signal, stop and read the logs of the real `data-plane` binary;
+//! - [`process`]: start, signal, stop and read the logs of the real binaries;
+//! - [`k8s`]: the Kubernetes API server of the run, its CRD, namespaces and RoutingConfigs;
+//! - [`control_plane`]: the real `control-plane` binary watching that API server;
 //! - [`config`]: render RoutingConfig files and replace them the way editors and kubelet do;
 //! - [`admin`]: a client for the admin API and a parser for its metrics text;
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
@@ -14,7 +17,8 @@
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
-//! Everything here listens on and connects to 127.0.0.1 only.
+//! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
+//! `KUBECONFIG`, which `scripts/test` starts on loopback).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -22,8 +26,13 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod control_plane;
 pub mod echo;
 pub mod fixture;
+pub mod k8s;
 pub mod process;
 pub mod proxy;
+pub mod push;
+pub mod relay;
 pub mod wait;
+pub mod ws;

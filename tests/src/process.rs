@@ -1,60 +1,79 @@
-//! The real `data-plane` binary as a child process.
+//! The workspace's real binaries as child processes.
 //!
-//! [`DataPlane::start`] runs `data-plane run` on ephemeral loopback ports, learns the ports it
-//! bound from its `"message":"listening"` log lines, and from then on keeps every line it
-//! writes (stderr and stdout) in memory: a thread drains each pipe so the child can never block
-//! on a full pipe, tests can wait for a log line, and a failing test prints the logs. The child
-//! is killed when the [`DataPlane`] is dropped.
+//! [`Process`] runs one binary and keeps every line it writes (stderr and stdout) in memory: a
+//! thread drains each pipe so the child can never block on a full pipe, tests can wait for a log
+//! line, and a failing test prints the logs. It learns the ports the child bound from its
+//! `"message":"listening"` log lines, so every server can listen on port 0. The child is killed
+//! when the [`Process`] is dropped.
+//!
+//! [`DataPlane::start`] runs `data-plane run` on ephemeral loopback ports this way; the control
+//! plane's twin is [`crate::control_plane::ControlPlane`].
 //!
 //! Binaries are found in the cargo target directory next to the test executable
 //! (`<target>/<profile>/deps/<test>-<hash>` → `<target>/<profile>/data-plane`), or in
-//! `CELLROUTE_BIN_DIR` when that is set. Without `CELLROUTE_BIN_DIR`, the first start in a test
-//! process runs `cargo build -p data-plane --bins` so that `cargo test` alone never tests a stale
-//! binary: cargo only builds the tested package's own binaries for its integration tests.
+//! `CELLROUTE_BIN_DIR` when that is set. Without `CELLROUTE_BIN_DIR`, the first use of a binary in
+//! a test process runs `cargo build -p <its package> --bins` so that `cargo test` alone never
+//! tests a stale binary: cargo only builds the tested package's own binaries for its integration
+//! tests.
 
+use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::wait::POLL_INTERVAL;
 
-/// How long a data plane may take to bind both listeners.
+/// How long a child may take to log the addresses of all its listeners.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The environment variable that points at prebuilt binaries (and disables the build step).
 pub const BIN_DIR_ENV: &str = "CELLROUTE_BIN_DIR";
 
-/// Lines of log printed when a test fails while a data plane is running.
+/// Lines of log printed when a test fails while a child is running.
 const LOG_LINES_ON_FAILURE: usize = 300;
 
-/// The directory holding the workspace's binaries, built first when needed.
+/// The directory holding the workspace's binaries (`CELLROUTE_BIN_DIR`, or the profile
+/// directory of the running test executable). Nothing is built; see [`bin_path`].
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os(BIN_DIR_ENV).map_or_else(profile_dir, PathBuf::from)
+}
+
+/// The full path of the workspace binary `name`, built first when needed.
 ///
 /// # Panics
 ///
 /// When the build fails: every test that needs the binary would fail anyway, and the cargo
 /// output explains why.
-pub fn bin_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
-            return PathBuf::from(dir);
-        }
-        let dir = profile_dir();
-        build_binaries(&dir);
-        dir
-    })
-    .clone()
+pub fn bin_path(name: &str) -> PathBuf {
+    if std::env::var_os(BIN_DIR_ENV).is_none() {
+        ensure_built(package_of(name));
+    }
+    bin_dir().join(name)
 }
 
-/// The full path of the workspace binary `name`.
-pub fn bin_path(name: &str) -> PathBuf {
-    bin_dir().join(name)
+/// The workspace package that builds the binary `name`.
+fn package_of(name: &str) -> &'static str {
+    match name {
+        "control-plane" | "crdgen" => "control-plane",
+        "echo-cell" => "cellroute-tests",
+        _ => "data-plane",
+    }
+}
+
+/// Builds `package`'s binaries once per test process.
+fn ensure_built(package: &'static str) {
+    static BUILT: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    // Held during the build, so concurrent starts in one process wait for one build.
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.insert(package) {
+        build_binaries(package, &profile_dir());
+    }
 }
 
 /// `<target>/<profile>`: the grandparent of the running test executable.
@@ -71,13 +90,13 @@ fn profile_dir() -> PathBuf {
         .to_owned()
 }
 
-/// Builds the data plane into the target directory and profile this test was built with.
-fn build_binaries(profile_dir: &Path) {
+/// Builds `package`'s binaries into the target directory and profile this test was built with.
+fn build_binaries(package: &str, profile_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(cargo);
-    // Only the binaries the tests run: building `--workspace` would unify features across
-    // every crate and relink the data plane differently from `cargo build -p data-plane`.
-    cmd.args(["build", "--quiet", "-p", "data-plane", "--bins"])
+    // One package at a time: building several (or `--workspace`) at once would unify features
+    // across them and relink each binary differently from `cargo build -p <package>`.
+    cmd.args(["build", "--quiet", "-p", package, "--bins"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if let Some(target_dir) = profile_dir.parent() {
         cmd.arg("--target-dir").arg(target_dir);
@@ -169,97 +188,96 @@ pub fn is_audit(record: &Value, message: &str) -> bool {
     field(record, "target") == Some("audit") && field(record, "message") == Some(message)
 }
 
-/// A running `data-plane run`.
+/// Removes the variables that would change what a child binary does behind the test's back.
+///
+/// Every flag of both binaries can also come from a `CELLROUTE_*` variable, and a developer's
+/// shell (or `scripts/test`, which exports the test cluster's `CELLROUTE_*` settings) must not
+/// change what a test runs: `CELLROUTE_NO_WATCH` would silently disable the watcher.
+pub fn scrub_env(cmd: &mut Command) {
+    cmd.env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CELLROUTE_") {
+            cmd.env_remove(name);
+        }
+    }
+}
+
+/// A running child process whose output is collected line by line.
 #[derive(Debug)]
-pub struct DataPlane {
+pub struct Process {
+    /// What the process is, for messages ("data plane", "control plane cp-a").
+    name: String,
+    command: String,
     child: Child,
-    proxy_addr: SocketAddr,
-    admin_addr: SocketAddr,
     logs: Logs,
     exit: Option<ExitStatus>,
 }
 
-impl DataPlane {
-    /// Starts `data-plane run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json
-    /// --config CONFIG [--admin-token-file TOKEN] ARGS...` and waits until both servers listen.
+impl Process {
+    /// Spawns `cmd` with stdin closed and stdout and stderr collected.
     ///
     /// # Panics
     ///
-    /// When the binary cannot be built or started, or has not logged both listening addresses
-    /// within [`STARTUP_TIMEOUT`]; the panic message includes its logs.
-    pub async fn start(config: &Path, token_file: Option<&Path>, args: &[&str]) -> Self {
-        let bin = tokio::task::spawn_blocking(|| bin_path("data-plane"))
-            .await
-            .expect("binary build task");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .arg("--config")
-            .arg(config);
-        if let Some(token_file) = token_file {
-            cmd.arg("--admin-token-file").arg(token_file);
-        }
-        cmd.args(args).env_remove("RUST_LOG");
-        // Every flag can also come from a CELLROUTE_* variable; a developer's shell must not
-        // change what a test runs (CELLROUTE_NO_WATCH would silently disable the watcher).
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CELLROUTE_") {
-                cmd.env_remove(name);
-            }
-        }
+    /// When the binary cannot be started.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let logs = Logs::default();
         logs.drain(child.stderr.take().expect("piped stderr"));
         logs.drain(child.stdout.take().expect("piped stdout"));
+        Self {
+            name: name.to_owned(),
+            command: format!("{cmd:?}"),
+            child,
+            logs,
+            exit: None,
+        }
+    }
 
+    /// Waits until the process has logged a `"message":"listening"` record for each of
+    /// `listeners`, and returns their addresses in the same order.
+    ///
+    /// # Panics
+    ///
+    /// When the process exits first, or [`STARTUP_TIMEOUT`] passes; the message includes its
+    /// logs.
+    pub async fn wait_listening(&mut self, listeners: &[&str]) -> Vec<SocketAddr> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            let records = logs.records();
-            let proxy = listening_addr(&records, "proxy");
-            let admin = listening_addr(&records, "admin");
-            if let (Some(proxy_addr), Some(admin_addr)) = (proxy, admin) {
-                return Self {
-                    child,
-                    proxy_addr,
-                    admin_addr,
-                    logs,
-                    exit: None,
-                };
+            let records = self.logs.records();
+            let addrs: Option<Vec<SocketAddr>> = listeners
+                .iter()
+                .map(|listener| listening_addr(&records, listener))
+                .collect();
+            if let Some(addrs) = addrs {
+                return addrs;
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            if let Some(status) = self.poll_exit() {
                 // Give the drain threads a moment to collect the last words.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 panic!(
-                    "{cmd:?} exited with {status} before listening; logs:\n{}",
-                    logs.tail(LOG_LINES_ON_FAILURE)
+                    "{} ({}) exited with {status} before listening; logs:\n{}",
+                    self.name,
+                    self.command,
+                    self.logs.tail(LOG_LINES_ON_FAILURE)
                 );
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
                 panic!(
-                    "{cmd:?} did not log both listening addresses within {STARTUP_TIMEOUT:?}; logs:\n{}",
-                    logs.tail(LOG_LINES_ON_FAILURE)
+                    "{} ({}) did not log listening addresses for {listeners:?} within {STARTUP_TIMEOUT:?}; logs:\n{}",
+                    self.name,
+                    self.command,
+                    self.logs.tail(LOG_LINES_ON_FAILURE)
                 );
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
-    }
-
-    /// The proxy listener's address.
-    pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_addr
-    }
-
-    /// The admin listener's address.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
     }
 
     /// The child's process id.
@@ -277,25 +295,20 @@ impl DataPlane {
         self.poll_exit().is_none()
     }
 
-    /// Sends SIGHUP (reload the config).
-    pub fn sighup(&self) {
-        self.signal(rustix::process::Signal::HUP);
-    }
-
-    /// Sends SIGTERM (drain and exit).
-    pub fn sigterm(&self) {
-        self.signal(rustix::process::Signal::TERM);
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
+    /// Sends `signal` to the process.
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal)
-            .unwrap_or_else(|e| panic!("cannot send {signal:?} to data plane {}: {e}", self.pid()));
+            .unwrap_or_else(|e| panic!("cannot send {signal:?} to {} {}: {e}", self.name, self.pid()));
     }
 
     fn poll_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
-            self.exit = self.child.try_wait().expect("poll the data plane's status");
+            self.exit = self.child.try_wait().expect("poll the child's status");
         }
         self.exit
     }
@@ -327,12 +340,121 @@ impl DataPlane {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "no log record for {what} within {timeout:?}; logs:\n{}",
+                    "no log record for {what} within {timeout:?}; logs of {}:\n{}",
+                    self.name,
                     self.logs.tail(LOG_LINES_ON_FAILURE)
                 );
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.poll_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} (pid {}) logs, last {LOG_LINES_ON_FAILURE} lines ----\n{}\n---- end of {} logs ----",
+                self.name,
+                self.child.id(),
+                self.logs.tail(LOG_LINES_ON_FAILURE),
+                self.name
+            );
+        }
+    }
+}
+
+/// A running `data-plane run`.
+#[derive(Debug)]
+pub struct DataPlane {
+    process: Process,
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl DataPlane {
+    /// Starts `data-plane run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json
+    /// --config CONFIG [--admin-token-file TOKEN] ARGS...` and waits until both servers listen.
+    ///
+    /// # Panics
+    ///
+    /// When the binary cannot be built or started, or has not logged both listening addresses
+    /// within [`STARTUP_TIMEOUT`]; the panic message includes its logs.
+    pub async fn start(config: &Path, token_file: Option<&Path>, args: &[&str]) -> Self {
+        let bin = tokio::task::spawn_blocking(|| bin_path("data-plane"))
+            .await
+            .expect("binary build task");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .arg("--config")
+            .arg(config);
+        if let Some(token_file) = token_file {
+            cmd.arg("--admin-token-file").arg(token_file);
+        }
+        cmd.args(args);
+        scrub_env(&mut cmd);
+        let mut process = Process::spawn("data plane", &mut cmd);
+        let addrs = process.wait_listening(&["proxy", "admin"]).await;
+        Self {
+            process,
+            proxy_addr: addrs[0],
+            admin_addr: addrs[1],
+        }
+    }
+
+    /// The proxy listener's address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The logs collected so far.
+    pub fn logs(&self) -> &Logs {
+        self.process.logs()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// Sends SIGHUP (reload the config).
+    pub fn sighup(&self) {
+        self.process.signal(rustix::process::Signal::HUP);
+    }
+
+    /// Sends SIGTERM (drain and exit).
+    pub fn sigterm(&self) {
+        self.process.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Waits up to `timeout` for the process to exit, returning its status if it did.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_for_exit(timeout).await
+    }
+
+    /// Waits up to `timeout` for a structured log record satisfying `pred`, and returns it.
+    ///
+    /// # Panics
+    ///
+    /// When no such record appears in time; the message includes the recent logs.
+    pub async fn wait_for_log(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.process.wait_for_log(what, timeout, pred).await
     }
 }
 
@@ -342,22 +464,6 @@ fn listening_addr(records: &[Value], listener: &str) -> Option<SocketAddr> {
         .iter()
         .filter(|r| field(r, "message") == Some("listening") && field(r, "listener") == Some(listener))
         .find_map(|r| field(r, "addr")?.parse().ok())
-}
-
-impl Drop for DataPlane {
-    fn drop(&mut self) {
-        if self.poll_exit().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- data plane (pid {}) logs, last {LOG_LINES_ON_FAILURE} lines ----\n{}\n---- end of data plane logs ----",
-                self.child.id(),
-                self.logs.tail(LOG_LINES_ON_FAILURE)
-            );
-        }
-    }
 }
 
 #[cfg(test)]

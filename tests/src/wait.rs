@@ -20,7 +20,21 @@ pub const SOON: Duration = Duration::from_secs(10);
 /// # Panics
 ///
 /// When `timeout` passes without success; the message names `what` and the last error.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    eventually_every(what, timeout, POLL_INTERVAL, check).await
+}
+
+/// [`eventually`] with its own poll interval, for checks that cost a request to a shared server
+/// (such as the Kubernetes API server) and need not hammer it.
+///
+/// # Panics
+///
+/// When `timeout` passes without success; the message names `what` and the last error.
+pub async fn eventually_every<T, F, Fut>(what: &str, timeout: Duration, interval: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -32,7 +46,7 @@ where
             Err(last) if Instant::now() >= deadline => {
                 panic!("timed out after {timeout:?} waiting for {what}; last error: {last}")
             }
-            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+            Err(_) => tokio::time::sleep(interval).await,
         }
     }
 }

@@ -62,6 +62,9 @@ pub enum SyncState {
     Rejected,
     /// Not connected.
     Disconnected,
+    /// Connected, but the control plane serves nothing for its RoutingConfig (deleted or never
+    /// valid); it keeps its last-known-good table.
+    Orphaned,
 }
 
 impl Record {
@@ -73,8 +76,8 @@ impl Record {
         match served {
             Some(s) if self.acked.as_ref() == Some(s) => SyncState::Synced,
             Some(s) if self.nacked.as_ref().is_some_and(|n| &n.snapshot == s) => SyncState::Rejected,
-            None if self.acked.is_some() => SyncState::Synced,
-            _ => SyncState::Stale,
+            Some(_) => SyncState::Stale,
+            None => SyncState::Orphaned,
         }
     }
 }

@@ -229,6 +229,25 @@ async fn send(sink: &mut Sink, message: Message, s: &PushState) -> Result<(), En
     }
 }
 
+/// The close code a socket-level error deserves: 1009 for an oversized message, 1002 for broken
+/// framing, 1000 otherwise.
+fn socket_close_code(e: &axum::Error) -> u16 {
+    use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let mut source = e.source();
+    while let Some(cause) = source {
+        if let Some(ws) = cause.downcast_ref::<WsError>() {
+            return match ws {
+                WsError::Capacity(_) => close_code::SIZE,
+                WsError::Protocol(_) | WsError::Utf8(_) => close_code::PROTOCOL,
+                _ => close_code::NORMAL,
+            };
+        }
+        source = cause.source();
+    }
+    close_code::NORMAL
+}
+
 fn text(message: &ServerMessage) -> Message {
     // Serializing these plain structs cannot fail.
     Message::Text(Utf8Bytes::from(
@@ -242,7 +261,8 @@ fn close(end: &End) -> Message {
         End::Protocol(_) => close_code::PROTOCOL,
         End::Refused(_) => close_code::POLICY,
         End::Stuck(_) | End::Silent(_) => close_code::AWAY,
-        _ => close_code::NORMAL,
+        End::Socket(e) => socket_close_code(e),
+        End::ClosedByPeer => close_code::NORMAL,
     };
     let mut reason = end.to_string();
     // Close reasons are limited to 123 bytes.
