@@ -33,6 +33,7 @@ pub mod k8s;
 pub mod process;
 pub mod proxy;
 pub mod push;
+pub mod push_k8s;
 pub mod relay;
 pub mod wait;
 pub mod ws;

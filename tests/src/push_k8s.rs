@@ -1,0 +1,245 @@
+//! The snapshot push on a real Kubernetes API server: a control plane watching RoutingConfigs
+//! and authenticating data planes with TokenReview, and data planes presenting ServiceAccount
+//! tokens made by the TokenRequest API, as a projected token volume would give them.
+//!
+//! - [`KubeControlPlane`]: `control-plane run` in cluster mode with extra flags (such as
+//!   `--allow-cross-namespace`, which [`crate::control_plane::ControlPlane`] cannot pass), and
+//!   its push endpoints: `/debug/dataplanes`, `/metrics`, the WebSocket address;
+//! - [`service_account`] and [`token`]: ServiceAccounts and their tokens, through kubectl (a lone
+//!   apiserver has no token controller, so TokenRequest is the only way to get one);
+//! - [`follow`]: a real data plane following such a control plane with such a token.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::admin::{AdminClient, metric_value};
+use crate::client::{Reply, http_client};
+use crate::control_plane::Options;
+use crate::fixture::TOKEN as ADMIN_TOKEN;
+use crate::k8s::{Cluster, K8S_SOON};
+use crate::process::{DataPlane, Logs, Process, bin_path, scrub_env};
+use crate::proxy::ProxyClient;
+use crate::push::Follower;
+use crate::wait::eventually;
+
+/// The audience the control plane's TokenReview asks for.
+pub const AUDIENCE: &str = "cellroute";
+
+/// `control-plane run` against the cluster of `options.kubeconfig`, with `extra` flags.
+#[derive(Debug)]
+pub struct KubeControlPlane {
+    process: Process,
+    addr: SocketAddr,
+    identity: String,
+    http: reqwest::Client,
+}
+
+impl KubeControlPlane {
+    /// Starts `control-plane run --listen 127.0.0.1:0 --log-format json` watching
+    /// `options.namespace`, with the Lease and identity of `options` and `extra` flags, and
+    /// waits until it is ready (its first list is done).
+    ///
+    /// Without `--static-token-file` it authenticates data planes with TokenReview.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot be started or does not get ready; the message includes its logs.
+    pub async fn start(options: &Options, extra: &[&str]) -> Self {
+        let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
+            .await
+            .expect("binary build task");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("run")
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--namespace", &options.namespace])
+            .args(["--lease-namespace", &options.namespace])
+            .args(["--lease-name", &options.lease_name])
+            .args(["--identity", &options.identity])
+            .args(extra);
+        scrub_env(&mut cmd);
+        for name in [
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env_remove(name);
+        }
+        cmd.env("KUBECONFIG", &options.kubeconfig);
+        let mut process = Process::spawn(&format!("control plane {}", options.identity), &mut cmd);
+        let addr = process.wait_listening(&["http"]).await[0];
+        let cp = Self {
+            process,
+            addr,
+            identity: options.identity.clone(),
+            http: http_client(),
+        };
+        eventually(
+            &format!("control plane {} to be ready", cp.identity),
+            K8S_SOON,
+            || async {
+                let reply = cp.get("/readyz").await;
+                if reply.status == 200 {
+                    Ok(())
+                } else {
+                    Err(reply.to_string())
+                }
+            },
+        )
+        .await;
+        cp
+    }
+
+    /// Its HTTP address, which also serves the WebSocket push.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR`, for `data-plane run --control-plane`.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Its logs so far.
+    pub fn logs(&self) -> &Logs {
+        self.process.logs()
+    }
+
+    /// Waits up to `timeout` for a log record satisfying `pred`, and returns it.
+    pub async fn wait_for_log(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        self.process.wait_for_log(what, timeout, pred).await
+    }
+
+    /// `GET path`.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached.
+    pub async fn get(&self, path: &str) -> Reply {
+        let response = self
+            .http
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on control plane {}: {e}", self.identity));
+        Reply::read(response).await
+    }
+
+    /// A sample of `/metrics`, 0 when absent.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_value(&self.get("/metrics").await.text, name, labels).unwrap_or(0.0)
+    }
+
+    /// Every entry of `/debug/dataplanes`.
+    ///
+    /// # Panics
+    ///
+    /// When the answer is not the documented JSON.
+    pub async fn dataplanes(&self) -> Vec<Value> {
+        let reply = self.get("/debug/dataplanes").await;
+        assert_eq!(reply.status, 200, "{reply}");
+        reply.json["dataplanes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no dataplanes array: {reply}"))
+            .clone()
+    }
+
+    /// The `/debug/dataplanes` entry of data plane `id`.
+    pub async fn dataplane(&self, id: &str) -> Option<Value> {
+        self.dataplanes().await.into_iter().find(|d| d["id"] == id)
+    }
+
+    /// Waits until every data plane of `ids` is listed in `state` (`SYNCED`, `ORPHANED`, ...),
+    /// and returns their entries.
+    pub async fn wait_state(&self, ids: &[&str], state: &str, timeout: Duration) -> Vec<Value> {
+        eventually(
+            &format!("{ids:?} to be {state} on control plane {}", self.identity),
+            timeout,
+            || async {
+                let all = self.dataplanes().await;
+                ids.iter()
+                    .map(|id| match all.iter().find(|d| d["id"] == *id) {
+                        Some(entry) if entry["state"] == state => Ok(entry.clone()),
+                        Some(entry) => Err(format!("{id}: {entry}")),
+                        None => Err(format!("{id} not listed in {all:?}")),
+                    })
+                    .collect()
+            },
+        )
+        .await
+    }
+}
+
+/// Creates the ServiceAccount `name` in `namespace`, as the admin.
+///
+/// # Panics
+///
+/// When kubectl fails.
+pub async fn service_account(cluster: &Cluster, namespace: &str, name: &str) {
+    cluster
+        .kubectl_ok(&["create", "serviceaccount", name, "-n", namespace], None)
+        .await;
+}
+
+/// A one-hour token of the ServiceAccount `namespace/name` from the TokenRequest API (`kubectl
+/// create token`), for `audience`, or for the API server's own audience when `None`.
+///
+/// # Panics
+///
+/// When kubectl fails or prints no token.
+pub async fn token(cluster: &Cluster, namespace: &str, name: &str, audience: Option<&str>) -> String {
+    let mut args = vec!["create", "token", name, "-n", namespace, "--duration", "1h"];
+    if let Some(audience) = audience {
+        args.extend(["--audience", audience]);
+    }
+    let token = cluster.kubectl_ok(&args, None).await.trim().to_owned();
+    assert!(!token.is_empty(), "kubectl {args:?} printed no token");
+    token
+}
+
+/// Starts data plane `id` following the control plane at `url` for `routing_config`
+/// (`namespace/name`), presenting `token` from a token file, with its own cache directory and
+/// no table of its own (its `--config` file does not exist), under `dir/id/`.
+///
+/// # Panics
+///
+/// When the files cannot be written or the data plane does not start.
+pub async fn follow(url: &str, routing_config: &str, id: &str, token: &str, dir: &Path) -> Follower {
+    let home = dir.join(id);
+    std::fs::create_dir_all(&home).expect("create the data plane's directory");
+    let token_file = home.join("token");
+    std::fs::write(&token_file, token).expect("write the data plane's token");
+    let admin_token = home.join("admin-token");
+    std::fs::write(&admin_token, format!("{ADMIN_TOKEN}\n")).expect("write the admin token");
+    let config_path = home.join("routing.yaml");
+    let token_file = token_file.display().to_string();
+    let cache_dir = home.join("cache").display().to_string();
+    let args = [
+        "--control-plane",
+        url,
+        "--routing-config",
+        routing_config,
+        "--id",
+        id,
+        "--token-file",
+        &token_file,
+        "--cache-dir",
+        &cache_dir,
+        "--reconnect-max",
+        "1s",
+    ];
+    let dp = DataPlane::start(&config_path, Some(&admin_token), &args).await;
+    Follower {
+        id: id.to_owned(),
+        admin: AdminClient::new(dp.admin_addr(), ADMIN_TOKEN),
+        proxy: ProxyClient::new(dp.proxy_addr()),
+        dp,
+        config_path,
+    }
+}
