@@ -29,6 +29,7 @@ pub mod config;
 pub mod control_plane;
 pub mod echo;
 pub mod fixture;
+pub mod journey;
 pub mod k8s;
 pub mod process;
 pub mod proxy;
