@@ -64,6 +64,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
+    refresh_data_plane_states(&s);
     (
         [(
             header::CONTENT_TYPE,
@@ -96,6 +97,52 @@ async fn snapshots(State(s): State<HttpState>) -> Response {
     Json(json!({"snapshots": objects})).into_response()
 }
 
+/// The served snapshot of `routing_config`, if any.
+fn served_ref(store: &SnapshotStore, routing_config: &str) -> Option<routing_model::protocol::SnapshotRef> {
+    let (namespace, name) = routing_model::protocol::split_object(routing_config);
+    store
+        .get(&ObjectKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+        .and_then(|state| state.served)
+        .map(|snap| routing_model::protocol::SnapshotRef {
+            lineage: snap.lineage.clone(),
+            version: snap.version,
+            hash: snap.hash,
+        })
+}
+
+/// Sets `cellroute_data_planes{state}` from the registry, so alerts can fire on data planes
+/// that are stale or rejecting.
+fn refresh_data_plane_states(s: &HttpState) {
+    use crate::metrics::StateLabels;
+    use crate::push::registry::SyncState;
+    let mut counts = std::collections::BTreeMap::<&str, i64>::new();
+    for name in ["synced", "stale", "rejected", "orphaned", "disconnected"] {
+        counts.insert(name, 0);
+    }
+    for record in s.push.registry.list() {
+        let served = served_ref(&s.store, &record.routing_config);
+        let state = match record.state(served.as_ref()) {
+            SyncState::Synced => "synced",
+            SyncState::Stale => "stale",
+            SyncState::Rejected => "rejected",
+            SyncState::Orphaned => "orphaned",
+            SyncState::Disconnected => "disconnected",
+        };
+        *counts.entry(state).or_default() += 1;
+    }
+    for (state, n) in counts {
+        s.metrics
+            .data_planes
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(n);
+    }
+}
+
 async fn dataplanes(State(s): State<HttpState>) -> Response {
     let planes: Vec<_> = s
         .push
@@ -103,19 +150,7 @@ async fn dataplanes(State(s): State<HttpState>) -> Response {
         .list()
         .into_iter()
         .map(|record| {
-            let (namespace, name) = routing_model::protocol::split_object(&record.routing_config);
-            let served = s
-                .store
-                .get(&ObjectKey {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                })
-                .and_then(|state| state.served)
-                .map(|snap| routing_model::protocol::SnapshotRef {
-                    lineage: snap.lineage.clone(),
-                    version: snap.version,
-                    hash: snap.hash,
-                });
+            let served = served_ref(&s.store, &record.routing_config);
             json!({
                 "id": record.id,
                 "state": record.state(served.as_ref()),

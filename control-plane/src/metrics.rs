@@ -65,6 +65,15 @@ pub struct Metrics {
     /// Size of the last encoded snapshot message.
     pub snapshot_bytes: Gauge,
     refused: Family<ReasonLabels, Counter>,
+    /// Data planes known to this replica, by sync state (refreshed at scrape time).
+    pub data_planes: Family<StateLabels, Gauge>,
+}
+
+/// Labels of `cellroute_data_planes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `synced`, `stale`, `rejected`, `orphaned` or `disconnected`.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -89,6 +98,12 @@ impl Metrics {
         let snapshot_encode = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         let snapshot_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
+        let data_planes = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "cellroute_data_planes",
+            "Data planes known to this replica by state against the served snapshot (synced, stale, rejected, orphaned, disconnected)",
+            data_planes.clone(),
+        );
         registry.register(
             "cellroute_connected_data_planes",
             "Data planes with an open session on this replica",
@@ -169,6 +184,7 @@ impl Metrics {
             snapshot_encode,
             snapshot_bytes,
             refused,
+            data_planes,
         })
     }
 

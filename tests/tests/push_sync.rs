@@ -72,6 +72,21 @@ async fn a_file_edit_converges_on_every_data_plane() {
         "edit routed on all 3 data planes after {routed:?}, SYNCED after {:?}",
         edited.elapsed()
     );
+    // The same view as a metric, for alerting on data planes that are behind.
+    assert_eq!(
+        scene
+            .cp
+            .metric("cellroute_data_planes", &[("state", "synced")])
+            .await,
+        3.0
+    );
+    assert_eq!(
+        scene
+            .cp
+            .metric("cellroute_data_planes", &[("state", "stale")])
+            .await,
+        0.0
+    );
     for entry in &entries {
         assert_eq!(entry["served"]["version"], v2, "{entry}");
         assert_eq!(entry["record"]["acked"]["hash"], second.hash(), "{entry}");
