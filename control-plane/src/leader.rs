@@ -73,3 +73,26 @@ pub async fn elect(
     });
     Ok((rx, handle))
 }
+
+/// Holds a Lease of this replica's own until shutdown, as proof of life for the status writer
+/// (see `source::replicas`). Nobody competes for it, so this replica always holds it while it
+/// runs; after a crash it expires within `duration_secs`.
+pub async fn hold_own(
+    client: Client,
+    settings: LeaseSettings,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, kube_lease_manager::LeaseManagerError> {
+    let manager = LeaseManagerBuilder::new(client, &settings.name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.duration_secs)
+        .with_grace(settings.duration_secs.div_ceil(3).max(1))
+        .build()
+        .await?;
+    let (held, task) = manager.watch().await;
+    Ok(tokio::spawn(async move {
+        shutdown.cancelled().await;
+        drop(held);
+        let _ = task.await;
+    }))
+}

@@ -25,6 +25,7 @@ use crate::push::{PushSettings, PushState};
 use crate::snapshot::SnapshotStore;
 use crate::source::file::FileSource;
 use crate::source::kubernetes::{FIELD_MANAGER, KubernetesSource};
+use crate::source::replicas::ReplicaSettings;
 use crate::source::{ConfigSource, Readiness, SourceContext};
 use crate::tls::{Remote, ServeListener};
 
@@ -49,6 +50,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
     let registry = Arc::new(Registry::default());
     let mut leader_task = None;
+    let mut own_lease_task = None;
     let mut kube_client = None;
     let source: Box<dyn ConfigSource> = match &args.from_file {
         Some(path) => Box::new(FileSource {
@@ -78,12 +80,33 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             .context("cannot start leader election")?;
             leader_task = Some(task);
             kube_client = Some(client.clone());
+            let replica = ReplicaSettings {
+                identity: identity.clone(),
+                lease_namespace: args.lease_namespace.clone(),
+                lease_name: args.lease_name.clone(),
+                lease_duration: args.lease_duration,
+            };
+            own_lease_task = Some(
+                leader::hold_own(
+                    client.clone(),
+                    LeaseSettings {
+                        namespace: args.lease_namespace.clone(),
+                        name: replica.lease_of(&identity),
+                        identity: identity.clone(),
+                        duration_secs: args.lease_duration,
+                    },
+                    shutdown.clone(),
+                )
+                .await
+                .context("cannot take this replica's own Lease")?,
+            );
             Box::new(KubernetesSource {
                 client,
                 namespace: args.namespace.clone(),
                 leader: leading,
                 reporter: format!("{FIELD_MANAGER}/{identity}"),
                 registry: registry.clone(),
+                replica,
             })
         }
     };
@@ -154,6 +177,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         None => source_task.await,
     };
     if let Some(task) = leader_task {
+        let _ = task.await;
+    }
+    if let Some(task) = own_lease_task {
         let _ = task.await;
     }
     // axum's graceful shutdown does not wait for WebSocket sessions; they watch the same token.

@@ -204,6 +204,8 @@ fn data_planes_status(counts: &Counts) -> DataPlanesStatus {
                 version: *version,
                 error: truncate(error),
             }),
+        // Each replica writes its own entry; the status writer never touches them.
+        replicas: Vec::new(),
     }
 }
 

@@ -58,7 +58,7 @@ pub struct SnapshotStatus {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataPlanesStatus {
-    /// Data planes connected and subscribed to this RoutingConfig.
+    /// Data planes connected and subscribed to this RoutingConfig, across all live replicas.
     pub connected: i64,
     /// Of those, how many applied the served version.
     pub synced: i64,
@@ -67,6 +67,29 @@ pub struct DataPlanesStatus {
     /// `synced/connected`, for `kubectl get`.
     pub summary: String,
     /// The most recent rejection by a data plane, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejection: Option<DataPlaneRejection>,
+    /// Each control-plane replica's own counts. Every replica writes only its own entry (its own
+    /// server-side-apply field manager), so replicas never overwrite each other; the status
+    /// writer sums the entries of live replicas into the totals above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::replica_reports")]
+    pub replicas: Vec<ReplicaReport>,
+}
+
+/// One control-plane replica's view of the data planes subscribed to a RoutingConfig.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaReport {
+    /// The replica's identity (its pod name).
+    pub replica: String,
+    /// Data planes connected to it.
+    pub connected: i64,
+    /// Of those, how many applied the served version.
+    pub synced: i64,
+    /// Of those, how many rejected it.
+    pub rejected: i64,
+    /// Its most recent rejection, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejection: Option<DataPlaneRejection>,
 }

@@ -14,7 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
 use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
@@ -22,6 +22,7 @@ use routing_model::protocol::SnapshotRef;
 use routing_model::validate::validate;
 use tokio::sync::watch;
 
+use super::replicas::{self, ReplicaSettings};
 use super::{ConfigSource, SourceContext};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::push::registry::Registry;
@@ -56,6 +57,8 @@ pub struct KubernetesSource {
     pub reporter: String,
     /// What data planes report, for `status.dataPlanes` and the `Synced` condition.
     pub registry: Arc<Registry>,
+    /// This replica's identity and the replica Leases.
+    pub replica: ReplicaSettings,
 }
 
 struct Ctx {
@@ -65,6 +68,7 @@ struct Ctx {
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    replica: ReplicaSettings,
 }
 
 impl ConfigSource for KubernetesSource {
@@ -80,8 +84,7 @@ impl ConfigSource for KubernetesSource {
                 .default_backoff()
                 .reflect(writer)
                 .inspect_ok(on_event)
-                .applied_objects()
-                .predicate_filter(predicates::generation, Default::default());
+                .applied_objects();
             let ctx = Arc::new(Ctx {
                 client: self.client.clone(),
                 store: sctx.store.clone(),
@@ -89,11 +92,24 @@ impl ConfigSource for KubernetesSource {
                 leader: self.leader.clone(),
                 metrics: sctx.metrics.clone(),
                 registry: self.registry.clone(),
+                replica: self.replica.clone(),
             });
+            let reporter = tokio::spawn(replicas::report_loop(
+                self.client.clone(),
+                reader.clone(),
+                sctx.store.clone(),
+                self.registry.clone(),
+                self.replica.clone(),
+                sctx.shutdown.clone(),
+            ));
+            let lease_check = Duration::from_secs(self.replica.lease_duration.max(2) / 2);
             let shutdown = sctx.shutdown.clone();
             Controller::for_stream(stream, reader)
                 .reconcile_all_on(became_leader(self.leader.clone()))
                 .reconcile_all_on(data_planes_changed(self.registry.clone()))
+                // Other replicas' entries change without a new generation, and a crashed
+                // replica's entry must be pruned when its Lease expires.
+                .reconcile_all_on(every(lease_check))
                 .graceful_shutdown_on(async move { shutdown.cancelled().await })
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| async move {
@@ -102,6 +118,8 @@ impl ConfigSource for KubernetesSource {
                     }
                 })
                 .await;
+            // Its last act removes this replica's entries; let it finish.
+            let _ = reporter.await;
             Ok(())
         }
         .boxed()
@@ -147,6 +165,13 @@ fn became_leader(rx: watch::Receiver<bool>) -> impl futures::Stream<Item = ()> +
                 return Some(((), rx));
             }
         }
+    })
+}
+
+fn every(period: Duration) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
     })
 }
 
@@ -264,7 +289,11 @@ async fn write_status(
         version: s.version,
         hash: s.hash,
     });
-    let counts = ctx.registry.counts(&key.to_string(), served.as_ref());
+    let own = ctx.registry.counts(&key.to_string(), served.as_ref());
+    let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own).await;
+    if !dead.is_empty() {
+        replicas::prune(&ctx.client, obj, &dead).await;
+    }
     let desired = status::desired(&status::Input {
         generation,
         uid,
@@ -301,6 +330,10 @@ fn same_status(a: &RoutingConfigStatus, b: &RoutingConfigStatus) -> bool {
     let sorted = |s: &RoutingConfigStatus| {
         let mut s = s.clone();
         s.conditions.sort_by(|x, y| x.type_.cmp(&y.type_));
+        // Replica entries belong to the replicas, not to this write.
+        if let Some(d) = s.data_planes.as_mut() {
+            d.replicas.clear();
+        }
         s
     };
     sorted(a) == sorted(b)

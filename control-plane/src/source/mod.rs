@@ -7,6 +7,7 @@
 
 pub mod file;
 pub mod kubernetes;
+pub mod replicas;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
