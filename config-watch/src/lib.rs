@@ -6,6 +6,8 @@
 //! (default 100 ms) so one save that touches the file several times causes one reload, and
 //! events for unrelated or temporary files in the directory are ignored.
 //!
+//! [`read_limited`] reads the file the same way for every binary.
+//!
 //! The watch only *signals*: [`watch`] returns a channel that yields `()` per burst of
 //! changes, and the caller re-reads and validates the file. A pending signal absorbs further
 //! ones, so a slow reader never queues stale work.
@@ -20,6 +22,17 @@ use std::time::Duration;
 use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc;
+
+/// Reads the config file, at most `limit + 1` bytes: one byte over tells the caller the file is
+/// too large without loading a huge file whole. Blocking.
+pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Why the watch could not be set up.
 #[derive(Debug, thiserror::Error)]

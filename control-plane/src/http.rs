@@ -97,22 +97,6 @@ async fn snapshots(State(s): State<HttpState>) -> Response {
     Json(json!({"snapshots": objects})).into_response()
 }
 
-/// The served snapshot of `routing_config`, if any.
-fn served_ref(store: &SnapshotStore, routing_config: &str) -> Option<routing_model::protocol::SnapshotRef> {
-    let (namespace, name) = routing_model::protocol::split_object(routing_config);
-    store
-        .get(&ObjectKey {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        })
-        .and_then(|state| state.served)
-        .map(|snap| routing_model::protocol::SnapshotRef {
-            lineage: snap.lineage.clone(),
-            version: snap.version,
-            hash: snap.hash,
-        })
-}
-
 /// Sets `cellroute_data_planes{state}` from the registry, so alerts can fire on data planes
 /// that are stale or rejecting.
 fn refresh_data_plane_states(s: &HttpState) {
@@ -123,7 +107,7 @@ fn refresh_data_plane_states(s: &HttpState) {
         counts.insert(name, 0);
     }
     for record in s.push.registry.list() {
-        let served = served_ref(&s.store, &record.routing_config);
+        let served = s.store.served_ref(&ObjectKey::parse(&record.routing_config));
         let state = match record.state(served.as_ref()) {
             SyncState::Synced => "synced",
             SyncState::Stale => "stale",
@@ -150,7 +134,7 @@ async fn dataplanes(State(s): State<HttpState>) -> Response {
         .list()
         .into_iter()
         .map(|record| {
-            let served = served_ref(&s.store, &record.routing_config);
+            let served = s.store.served_ref(&ObjectKey::parse(&record.routing_config));
             json!({
                 "id": record.id,
                 "state": record.state(served.as_ref()),

@@ -10,6 +10,9 @@ use std::fmt;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use kube::ResourceExt;
+use routing_model::crd::RoutingConfig;
+use routing_model::protocol::SnapshotRef;
 use routing_model::{ContentHash, ValidatedConfig};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -21,6 +24,26 @@ pub struct ObjectKey {
     pub namespace: String,
     /// Name.
     pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of a stored RoutingConfig (`None` only for an object without namespace or name,
+    /// which the apiserver never returns for a namespaced kind).
+    pub fn of(obj: &RoutingConfig) -> Option<Self> {
+        Some(Self {
+            namespace: obj.namespace()?,
+            name: obj.metadata.name.clone()?,
+        })
+    }
+
+    /// The key named by `namespace/name`; a bare name means namespace `default`.
+    pub fn parse(object: &str) -> Self {
+        let (namespace, name) = routing_model::protocol::split_object(object);
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for ObjectKey {
@@ -46,6 +69,17 @@ pub struct Snapshot {
     /// The validated config.
     #[serde(skip)]
     pub config: Arc<ValidatedConfig>,
+}
+
+impl Snapshot {
+    /// Its identity on the wire.
+    pub fn reference(&self) -> SnapshotRef {
+        SnapshotRef {
+            lineage: self.lineage.clone(),
+            version: self.version,
+            hash: self.hash,
+        }
+    }
 }
 
 /// A version of an object that failed validation.
@@ -175,6 +209,11 @@ impl SnapshotStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
             .cloned()
+    }
+
+    /// The identity of the snapshot served for `key`, if any.
+    pub fn served_ref(&self, key: &ObjectKey) -> Option<SnapshotRef> {
+        self.get(key).and_then(|s| s.served).map(|s| s.reference())
     }
 
     /// Every object, in key order.

@@ -77,15 +77,18 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             CONDITION_ACCEPTED,
             "False",
             "InvalidSpec",
-            truncate(&format!(
-                "generation {} rejected; {}{}",
-                input.generation,
-                r.error,
-                served.map_or_else(String::new, |s| format!(
-                    "; still serving generation {} ({})",
-                    s.version, s.hash
-                ))
-            )),
+            truncate(
+                &format!(
+                    "generation {} rejected; {}{}",
+                    input.generation,
+                    r.error,
+                    served.map_or_else(String::new, |s| format!(
+                        "; still serving generation {} ({})",
+                        s.version, s.hash
+                    ))
+                ),
+                MAX_MESSAGE,
+            ),
         ),
         (None, Some(s)) if s.version == input.generation => {
             let spec = s.config.spec();
@@ -165,10 +168,13 @@ fn synced_condition(counts: &Counts, served: Option<i64>) -> Condition {
             CONDITION_SYNCED,
             "False",
             "RejectedByDataPlane",
-            truncate(&format!(
-                "{} of {} data planes rejected version {version}; {data_plane} rejected version {rejected}: {error}",
-                counts.rejected, counts.connected
-            )),
+            truncate(
+                &format!(
+                    "{} of {} data planes rejected version {version}; {data_plane} rejected version {rejected}: {error}",
+                    counts.rejected, counts.connected
+                ),
+                MAX_MESSAGE,
+            ),
         );
     }
     if counts.synced < counts.connected {
@@ -202,7 +208,7 @@ fn data_planes_status(counts: &Counts) -> DataPlanesStatus {
             .map(|(data_plane, version, error)| DataPlaneRejection {
                 data_plane: data_plane.clone(),
                 version: *version,
-                error: truncate(error),
+                error: truncate(error, MAX_MESSAGE),
             }),
         // Each replica writes its own entry; the status writer never touches them.
         replicas: Vec::new(),
@@ -272,15 +278,16 @@ fn whole_seconds(t: SystemTime) -> Timestamp {
     Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-fn truncate(message: &str) -> String {
-    if message.len() <= MAX_MESSAGE {
-        return message.to_owned();
+/// `text` cut to at most `max` bytes (on a character boundary), saying that it was cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
     }
-    let mut end = MAX_MESSAGE;
-    while !message.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}… (truncated)", &message[..end])
+    format!("{}… (truncated)", &text[..end])
 }
 
 #[cfg(test)]

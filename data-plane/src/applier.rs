@@ -434,16 +434,17 @@ impl Applier {
             }
             PreferredSource::ControlPlane => {
                 let previous = self.state.mode();
-                self.state.set_mode(Mode::Local);
+                // Releasing the pin is what was asked for, even before a snapshot arrives.
+                let released = if previous == Mode::PinnedToFile {
+                    Mode::Local
+                } else {
+                    previous
+                };
+                self.state.set_mode(released);
                 let Some(latest) = self.latest_pushed.clone() else {
                     if previous == Mode::PinnedToFile {
                         tracing::info!(target: "audit", "released the local-file pin; waiting for a control-plane snapshot");
                     }
-                    self.state.set_mode(if previous == Mode::PinnedToFile {
-                        Mode::Local
-                    } else {
-                        previous
-                    });
                     return Err(ApplyError::NoSnapshot);
                 };
                 let result = self
@@ -463,23 +464,12 @@ impl Applier {
     async fn read_file(&self) -> Result<(Vec<u8>, String), ApplyError> {
         let path = self.config_path.clone().ok_or(ApplyError::NoConfigFile)?;
         let limit = self.limits.parse.max_bytes;
-        // Read at most one byte over the limit so a huge file is rejected without loading it.
-        let read = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let file = std::fs::File::open(&path)?;
-            let mut bytes = Vec::new();
-            file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
-            Ok::<_, std::io::Error>((bytes, path))
-        })
-        .await
-        .map_err(|e| ApplyError::Panicked(e.to_string()))?;
-        match read {
-            Ok((bytes, path)) => Ok((bytes, path.display().to_string())),
-            Err(source) => Err(ApplyError::Read {
-                path: self.config_path.clone().unwrap_or_default(),
-                source,
-            }),
-        }
+        let reading = path.clone();
+        tokio::task::spawn_blocking(move || config_watch::read_limited(&reading, limit))
+            .await
+            .map_err(|e| ApplyError::Panicked(e.to_string()))?
+            .map(|bytes| (bytes, path.display().to_string()))
+            .map_err(|source| ApplyError::Read { path, source })
     }
 
     fn rollback_target(&self, generation: Option<u64>) -> Result<HistoryEntry, ApplyError> {

@@ -68,37 +68,10 @@ impl ControlPlane {
     /// When the binary cannot be built or started, or does not listen within the startup
     /// timeout; the message includes its logs.
     pub async fn start(options: &Options) -> Self {
-        let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
-            .await
-            .expect("binary build task");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run")
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--namespace", &options.namespace])
-            .args(["--lease-namespace", &options.namespace])
-            .args(["--lease-name", &options.lease_name])
-            .args(["--identity", &options.identity]);
-        if let Some(secs) = options.lease_duration {
-            cmd.args(["--lease-duration", &secs.to_string()]);
-        }
-        scrub_env(&mut cmd);
-        // In a pod these come from the downward API; here they must not leak in from the shell.
-        for name in [
-            "POD_NAME",
-            "POD_NAMESPACE",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(name);
-        }
-        cmd.env("KUBECONFIG", &options.kubeconfig);
-        let mut process = Process::spawn(&format!("control plane {}", options.identity), &mut cmd);
-        let addrs = process.wait_listening(&["http"]).await;
+        let (process, http_addr) = spawn(options, "127.0.0.1:0", &[]).await;
         Self {
             process,
-            http_addr: addrs[0],
+            http_addr,
             identity: options.identity.clone(),
             http: http_client(),
         }
@@ -333,4 +306,44 @@ impl Scene {
     pub fn options(&self, identity: &str) -> Options {
         Options::new(&self.cluster, &self.namespace, identity)
     }
+}
+
+/// Starts `control-plane run` against the cluster of `options.kubeconfig` on `listen`, watching
+/// `options.namespace` with the Lease and identity of `options` plus `extra` flags, and waits
+/// until it listens. Every wrapper of a cluster-mode control plane starts it through here.
+///
+/// # Panics
+///
+/// When the binary cannot be built or started, or does not listen in time.
+pub async fn spawn(options: &Options, listen: &str, extra: &[&str]) -> (Process, SocketAddr) {
+    let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
+        .await
+        .expect("binary build task");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run")
+        .args(["--listen", listen, "--log-format", "json"])
+        .args(["--namespace", &options.namespace])
+        .args(["--lease-namespace", &options.namespace])
+        .args(["--lease-name", &options.lease_name])
+        .args(["--identity", &options.identity]);
+    if let Some(secs) = options.lease_duration {
+        cmd.args(["--lease-duration", &secs.to_string()]);
+    }
+    cmd.args(extra);
+    scrub_env(&mut cmd);
+    // In a pod these come from the downward API; here they must not leak in from the shell.
+    for name in [
+        "POD_NAME",
+        "POD_NAMESPACE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd.env("KUBECONFIG", &options.kubeconfig);
+    let mut process = Process::spawn(&format!("control plane {}", options.identity), &mut cmd);
+    let addr = process.wait_listening(&["http"]).await[0];
+    (process, addr)
 }

@@ -1,72 +1,18 @@
-//! Helpers for the user journey test (`tests/tests/user_journey.rs`): the chart's RBAC rendered
-//! with helm, the example edited for a test's namespace and cells, and what `kubectl get rtc`
-//! and the status say.
+//! Helpers for the user journey test (`tests/tests/user_journey.rs`): waiting for a fully synced
+//! status, and a control plane that restarts on the same address, as a Service address stays
+//! the same across restarts.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use routing_model::crd::RoutingConfig;
 use serde_json::Value;
 
 use crate::client::{Reply, http_client};
-use crate::control_plane::Options;
-use crate::k8s::{Cluster, K8S_SOON, RoutingConfigs, condition};
-use crate::process::{Process, bin_path, scrub_env};
+use crate::control_plane::{self, Options};
+use crate::k8s::{K8S_SOON, RoutingConfigs, condition};
+use crate::process::Process;
 use crate::wait::eventually;
-
-/// The Helm chart users install.
-pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
-
-/// The chart's templates that hold the control plane's identity and permissions.
-pub const RBAC_TEMPLATES: [&str; 3] = [
-    "templates/serviceaccount.yaml",
-    "templates/clusterrole.yaml",
-    "templates/role.yaml",
-];
-
-/// `helm template RELEASE charts/cellroute --namespace NAMESPACE --show-only T...`.
-pub async fn render_chart(cluster: &Cluster, release: &str, namespace: &str, templates: &[&str]) -> String {
-    let mut args = vec!["template", release, CHART, "--namespace", namespace];
-    for t in templates {
-        args.extend(["--show-only", t]);
-    }
-    cluster.helm_ok(&args).await
-}
-
-/// `text` with each `(from, to)` replaced; every `from` must occur, so a changed example fails
-/// here rather than silently testing something else.
-pub fn edit(text: &str, edits: &[(&str, &str)]) -> String {
-    let mut text = text.to_owned();
-    for (from, to) in edits {
-        assert!(text.contains(from), "{from:?} is not in:\n{text}");
-        text = text.replace(from, to);
-    }
-    text
-}
-
-/// The row of `kubectl get rtc NAME -n NAMESPACE`, as columns: NAME, ACCEPTED, VERSION, SYNCED
-/// (AGE left out).
-pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
-    let table = cluster
-        .kubectl_ok(&["get", "rtc", name, "-n", namespace], None)
-        .await;
-    let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"],
-        "{table}"
-    );
-    let row: Vec<String> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(row.len(), 5, "{table}");
-    row[..4].to_vec()
-}
 
 /// Waits until the status of `name` describes `generation` with `Accepted` = `accepted`, serves
 /// `version`, and says all `n` data planes applied it (`Synced` True, `dataPlanes` n/n).
@@ -112,19 +58,6 @@ pub async fn wait_synced(
     .await
 }
 
-/// The message of condition `type_` of `obj`.
-///
-/// # Panics
-///
-/// When there is no such condition.
-pub fn condition_message(obj: &RoutingConfig, type_: &str) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| condition(s, type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_else(|| panic!("no {type_} condition: {:?}", obj.status))
-}
-
 /// `control-plane run` in cluster mode (TokenReview for data planes) that can be stopped and
 /// started again on the same address, as a Service address stays the same across restarts.
 #[derive(Debug)]
@@ -138,7 +71,7 @@ pub struct RestartableControlPlane {
 impl RestartableControlPlane {
     /// Starts it on a free loopback port and waits until it is ready (first list done).
     pub async fn start(options: Options) -> Self {
-        let (process, addr) = spawn(&options, "127.0.0.1:0".parse().expect("address")).await;
+        let (process, addr) = control_plane::spawn(&options, "127.0.0.1:0", &[]).await;
         let cp = Self {
             options,
             process: Some(process),
@@ -163,7 +96,7 @@ impl RestartableControlPlane {
     /// waits until it is ready.
     pub async fn restart(&mut self) {
         assert!(self.process.is_none(), "restart a control plane that was stopped");
-        let (process, addr) = spawn(&self.options, self.addr).await;
+        let (process, addr) = control_plane::spawn(&self.options, &self.addr.to_string(), &[]).await;
         assert_eq!(addr, self.addr, "restarted on another address");
         self.process = Some(process);
         self.wait_ready().await;
@@ -212,32 +145,4 @@ impl RestartableControlPlane {
         })
         .await
     }
-}
-
-async fn spawn(options: &Options, listen: SocketAddr) -> (Process, SocketAddr) {
-    let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
-        .await
-        .expect("binary build task");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("run")
-        .args(["--listen", &listen.to_string(), "--log-format", "json"])
-        .args(["--namespace", &options.namespace])
-        .args(["--lease-namespace", &options.namespace])
-        .args(["--lease-name", &options.lease_name])
-        .args(["--identity", &options.identity]);
-    scrub_env(&mut cmd);
-    for name in [
-        "POD_NAME",
-        "POD_NAMESPACE",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
-        cmd.env_remove(name);
-    }
-    cmd.env("KUBECONFIG", &options.kubeconfig);
-    let mut process = Process::spawn(&format!("control plane {}", options.identity), &mut cmd);
-    let addr = process.wait_listening(&["http"]).await[0];
-    (process, addr)
 }

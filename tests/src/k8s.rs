@@ -671,3 +671,56 @@ pub fn without_version_skew_warnings(stderr: &[u8]) -> String {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The Helm chart users install.
+pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
+
+/// The chart's templates that hold the control plane's identity and permissions.
+pub const RBAC_TEMPLATES: [&str; 3] = [
+    "templates/serviceaccount.yaml",
+    "templates/clusterrole.yaml",
+    "templates/role.yaml",
+];
+
+/// `helm template RELEASE charts/cellroute --namespace NAMESPACE --show-only T...`.
+pub async fn render_chart(cluster: &Cluster, release: &str, namespace: &str, templates: &[&str]) -> String {
+    let mut args = vec!["template", release, CHART, "--namespace", namespace];
+    for t in templates {
+        args.extend(["--show-only", t]);
+    }
+    cluster.helm_ok(&args).await
+}
+
+/// `text` with each `(from, to)` replaced; every `from` must occur, so a changed example fails
+/// here rather than silently testing something else.
+pub fn edit(text: &str, edits: &[(&str, &str)]) -> String {
+    let mut text = text.to_owned();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from:?} is not in:\n{text}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// The row of `kubectl get rtc NAME -n NAMESPACE`, as columns: NAME, ACCEPTED, VERSION, SYNCED
+/// (AGE left out).
+pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    let table = cluster
+        .kubectl_ok(&["get", "rtc", name, "-n", namespace], None)
+        .await;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"],
+        "{table}"
+    );
+    let row: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(row.len(), 5, "{table}");
+    row[..4].to_vec()
+}

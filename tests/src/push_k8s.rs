@@ -11,17 +11,16 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::admin::{AdminClient, metric_value};
 use crate::client::{Reply, http_client};
-use crate::control_plane::Options;
+use crate::control_plane::{self, Options};
 use crate::fixture::TOKEN as ADMIN_TOKEN;
 use crate::k8s::{Cluster, K8S_SOON};
-use crate::process::{DataPlane, Logs, Process, bin_path, scrub_env};
+use crate::process::{DataPlane, Logs, Process};
 use crate::proxy::ProxyClient;
 use crate::push::Follower;
 use crate::wait::eventually;
@@ -49,31 +48,7 @@ impl KubeControlPlane {
     ///
     /// When it cannot be started or does not get ready; the message includes its logs.
     pub async fn start(options: &Options, extra: &[&str]) -> Self {
-        let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
-            .await
-            .expect("binary build task");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run")
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--namespace", &options.namespace])
-            .args(["--lease-namespace", &options.namespace])
-            .args(["--lease-name", &options.lease_name])
-            .args(["--identity", &options.identity])
-            .args(extra);
-        scrub_env(&mut cmd);
-        for name in [
-            "POD_NAME",
-            "POD_NAMESPACE",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "ALL_PROXY",
-            "all_proxy",
-        ] {
-            cmd.env_remove(name);
-        }
-        cmd.env("KUBECONFIG", &options.kubeconfig);
-        let mut process = Process::spawn(&format!("control plane {}", options.identity), &mut cmd);
-        let addr = process.wait_listening(&["http"]).await[0];
+        let (process, addr) = control_plane::spawn(options, "127.0.0.1:0", extra).await;
         let cp = Self {
             process,
             addr,

@@ -6,9 +6,7 @@
 
 use std::process::Command;
 
-use cellroute_tests::k8s::Cluster;
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
+use cellroute_tests::k8s::{CHART, Cluster};
 
 /// A non-default install: HA replicas, TLS, PDB, ServiceMonitor and the example sidecar app.
 const HA_VALUES: &[&str] = &[

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cellroute_tests::control_plane::{ControlPlane, Options};
 use cellroute_tests::k8s::{
-    Cluster, K8S_SOON, RoutingConfigs, TEST_FIELD_MANAGER, client_for, condition_of, spec, status_code,
-    unique_suffix, write_token_kubeconfig,
+    Cluster, K8S_SOON, RBAC_TEMPLATES, RoutingConfigs, TEST_FIELD_MANAGER, client_for, condition_of,
+    render_chart, spec, status_code, unique_suffix, write_token_kubeconfig,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -18,15 +18,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use routing_model::crd::RoutingConfig;
 use serde_json::json;
-
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
-
-/// The chart's templates that hold the control plane's identity and permissions.
-const RBAC_TEMPLATES: [&str; 3] = [
-    "templates/serviceaccount.yaml",
-    "templates/clusterrole.yaml",
-    "templates/role.yaml",
-];
 
 /// `kubectl auth can-i` questions about the control plane's ServiceAccount: (verb, resource,
 /// extra flags, expected answer). `NS` stands for the release namespace.
@@ -73,15 +64,6 @@ const PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
     ("delete", "events.events.k8s.io", &["-n", "NS"], false),
     ("*", "*", &["--all-namespaces"], false),
 ];
-
-/// `helm template RELEASE charts/cellroute --namespace NAMESPACE --show-only T...`.
-async fn render_chart(cluster: &Cluster, release: &str, namespace: &str, templates: &[&str]) -> String {
-    let mut args = vec!["template", release, CHART, "--namespace", namespace];
-    for t in templates {
-        args.extend(["--show-only", t]);
-    }
-    cluster.helm_ok(&args).await
-}
 
 /// The `kind` of each document of a rendered YAML stream, sorted.
 fn kinds_of(rendered: &str) -> Vec<&str> {

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use cellroute_tests::control_plane::Options;
 use cellroute_tests::fixture::Cells;
 use cellroute_tests::k8s::{
-    Cluster, K8S_SOON, RoutingConfigs, condition, evaluates_cel, without_version_skew_warnings,
+    Cluster, K8S_SOON, RoutingConfigs, condition, condition_of, edit, evaluates_cel, get_rtc,
+    without_version_skew_warnings,
 };
 use cellroute_tests::push::Follower;
 use cellroute_tests::push_k8s::{AUDIENCE, KubeControlPlane, follow, service_account, token};
@@ -204,25 +205,7 @@ impl Fleet {
     /// The row of `kubectl get rtc` (the short name, as a user types it), as columns: NAME,
     /// ACCEPTED, VERSION, SYNCED (AGE left out).
     async fn get_rtc(&self) -> Vec<String> {
-        let table = self
-            .cluster
-            .kubectl_ok(&["get", "rtc", "-n", &self.namespace], None)
-            .await;
-        let mut lines = table.lines();
-        let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(
-            header,
-            ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"],
-            "{table}"
-        );
-        let row: Vec<String> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(row.len(), 5, "{table}");
-        row[..4].to_vec()
+        get_rtc(&self.cluster, &self.namespace, NAME).await
     }
 
     /// What each data plane serves, from `/admin/config`: generation, source, mode, snapshot,
@@ -255,27 +238,8 @@ impl Fleet {
     }
 }
 
-/// `text` with each `(from, to)` replaced; every `from` must occur, so a changed example fails
-/// here rather than silently testing something else.
-fn edit(text: &str, edits: &[(&str, &str)]) -> String {
-    let mut text = text.to_owned();
-    for (from, to) in edits {
-        assert!(text.contains(from), "{from:?} is not in:\n{text}");
-        text = text.replace(from, to);
-    }
-    text
-}
-
 fn uid_of(obj: &RoutingConfig) -> String {
     obj.uid().expect("stored objects have a uid")
-}
-
-fn condition_message(obj: &RoutingConfig, type_: &str) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| condition(s, type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_else(|| panic!("no {type_} condition: {:?}", obj.status))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +250,7 @@ async fn kubectl_apply_of_the_example_routes_every_data_plane_and_reports_synced
     let status = obj.status.clone().expect("status");
     let snapshot = status.snapshot.clone().expect("snapshot");
     assert_eq!(
-        condition_message(&obj, "Synced"),
+        condition_of(&obj, "Synced").message.clone(),
         "all 2 data planes applied version 1"
     );
     assert_eq!(f.get_rtc().await, ["routes", "True", "1", "2/2"]);
@@ -366,7 +330,7 @@ async fn an_invalid_apply_changes_nothing_on_the_data_planes() {
         eprintln!("Accepted: {} ({})", accepted.status, accepted.message);
         // Synced still describes the version being served, which every data plane has.
         assert_eq!(
-            condition_message(&obj, "Synced"),
+            condition_of(&obj, "Synced").message.clone(),
             "all 2 data planes applied version 1"
         );
         assert_eq!(status.snapshot.expect("snapshot").hash, good_hash);

@@ -23,12 +23,10 @@ use std::time::{Duration, Instant};
 
 use cellroute_tests::control_plane::Options;
 use cellroute_tests::fixture::Cells;
-use cellroute_tests::journey::{
-    RBAC_TEMPLATES, RestartableControlPlane, condition_message, edit, get_rtc, render_chart, wait_synced,
-};
+use cellroute_tests::journey::{RestartableControlPlane, wait_synced};
 use cellroute_tests::k8s::{
-    Cluster, K8S_SOON, RoutingConfigs, condition, unique_suffix, without_version_skew_warnings,
-    write_token_kubeconfig,
+    Cluster, K8S_SOON, RBAC_TEMPLATES, RoutingConfigs, condition, condition_of, edit, get_rtc, render_chart,
+    unique_suffix, without_version_skew_warnings, write_token_kubeconfig,
 };
 use cellroute_tests::push::Follower;
 use cellroute_tests::push_k8s::{AUDIENCE, follow, service_account, token};
@@ -213,7 +211,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
         ["routes", "True", "2", "2/2"]
     );
     assert_eq!(
-        condition_message(&obj, "Synced"),
+        condition_of(&obj, "Synced").message.clone(),
         "all 2 data planes applied version 2"
     );
     let hash_v2 = obj
@@ -339,7 +337,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
         ["routes", "True", "4", "2/2"]
     );
     assert_eq!(
-        condition_message(&obj, "Synced"),
+        condition_of(&obj, "Synced").message.clone(),
         "all 2 data planes applied version 4"
     );
     eprintln!("8. reconverged after {:?}", started.elapsed());

@@ -115,11 +115,7 @@ impl Publisher {
             };
             return Published::Missing(reason);
         };
-        let reference = SnapshotRef {
-            lineage: served.lineage.clone(),
-            version: served.version,
-            hash: served.hash,
-        };
+        let reference = served.reference();
         if let Some(Published::Snapshot(encoded)) = previous
             && encoded.reference == reference
         {

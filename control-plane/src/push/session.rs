@@ -62,11 +62,7 @@ pub async fn run(socket: WebSocket, remote: SocketAddr, identity: Identity, s: P
         let _ = sink.send(close(&End::Refused(why))).await;
         return;
     }
-    let (namespace, name) = routing_model::protocol::split_object(&hello.routing_config);
-    let key = ObjectKey {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    };
+    let key = ObjectKey::parse(&hello.routing_config);
     let session = s.registry.connect(
         &hello.data_plane,
         &hello.routing_config,

@@ -75,7 +75,7 @@ impl ConfigSource for FileSource {
 impl State {
     fn reload(&mut self, ctx: &SourceContext, trigger: &str) {
         let started = std::time::Instant::now();
-        let loaded = read_limited(&self.path, self.limits.max_bytes)
+        let loaded = config_watch::read_limited(&self.path, self.limits.max_bytes)
             .map_err(|e| format!("cannot read {}: {e}", self.path.display()))
             .and_then(|bytes| routing_model::load(&bytes, self.limits).map_err(|e| e.to_string()));
         ctx.metrics
@@ -135,14 +135,4 @@ impl State {
 fn file_stem(path: &std::path::Path) -> String {
     path.file_stem()
         .map_or_else(|| "routing".to_owned(), |s| s.to_string_lossy().into_owned())
-}
-
-/// Reads at most `limit + 1` bytes, so an oversized file is rejected without loading it whole.
-fn read_limited(path: &std::path::Path, limit: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }

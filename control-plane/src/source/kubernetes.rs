@@ -18,7 +18,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
 use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
-use routing_model::protocol::SnapshotRef;
 use routing_model::validate::validate;
 use tokio::sync::watch;
 
@@ -134,7 +133,7 @@ fn event_hook(
 ) -> impl FnMut(&watcher::Event<RoutingConfig>) {
     move |event| match event {
         watcher::Event::Delete(obj) => {
-            if let Some(key) = key_of(obj)
+            if let Some(key) = ObjectKey::of(obj)
                 && store.remove(&key)
             {
                 tracing::info!(target: "audit", object = %key, "RoutingConfig deleted; no longer served (data planes keep their last-known-good table)");
@@ -144,7 +143,7 @@ fn event_hook(
             // Objects deleted while the watch was down produce no Delete event; a fresh list
             // is the moment to forget them.
             let present: std::collections::BTreeSet<ObjectKey> =
-                reader.state().iter().filter_map(|o| key_of(o)).collect();
+                reader.state().iter().filter_map(|o| ObjectKey::of(o)).collect();
             for (key, _) in store.list() {
                 if !present.contains(&key) && store.remove(&key) {
                     tracing::info!(target: "audit", object = %key, "RoutingConfig gone after re-list; no longer served");
@@ -186,16 +185,9 @@ fn data_planes_changed(registry: Arc<Registry>) -> impl futures::Stream<Item = (
     })
 }
 
-fn key_of(obj: &RoutingConfig) -> Option<ObjectKey> {
-    Some(ObjectKey {
-        namespace: obj.namespace()?,
-        name: obj.metadata.name.clone()?,
-    })
-}
-
 async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     let name = obj.name_any();
-    let key = key_of(&obj).ok_or_else(|| ReconcileError::MissingField(name.clone(), "namespace"))?;
+    let key = ObjectKey::of(&obj).ok_or_else(|| ReconcileError::MissingField(name.clone(), "namespace"))?;
     let uid = obj
         .uid()
         .ok_or_else(|| ReconcileError::MissingField(key.to_string(), "uid"))?;
@@ -284,11 +276,7 @@ async fn write_status(
 ) -> Result<(), ReconcileError> {
     let state = ctx.store.get(key).unwrap_or_default();
     let current = obj.status.as_ref();
-    let served = state.served.as_ref().map(|s| SnapshotRef {
-        lineage: s.lineage.clone(),
-        version: s.version,
-        hash: s.hash,
-    });
+    let served = state.served.as_ref().map(|s| s.reference());
     let own = ctx.registry.counts(&key.to_string(), served.as_ref());
     let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own).await;
     if !dead.is_empty() {
@@ -349,7 +337,7 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(cut(&note, MAX_EVENT_NOTE)),
+        note: Some(status::truncate(&note, MAX_EVENT_NOTE)),
         action: "Validate".to_owned(),
         secondary: None,
     };
@@ -360,17 +348,6 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
         // An Event is a notification; failing to send one must not fail the reconcile.
         tracing::warn!(object = %obj.name_any(), error = %e, "cannot publish Event");
     }
-}
-
-fn cut(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max - 3;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 fn error_policy(obj: Arc<RoutingConfig>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {

@@ -14,10 +14,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::Store;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use routing_model::crd::{DataPlaneRejection, ReplicaReport, RoutingConfig};
 use routing_model::manifest::{API_VERSION, KIND};
-use routing_model::protocol::SnapshotRef;
 use tokio_util::sync::CancellationToken;
 
 use crate::push::registry::{Counts, Registry};
@@ -74,26 +73,14 @@ fn report(identity: &str, counts: &Counts) -> ReplicaReport {
             .map(|(data_plane, version, error)| DataPlaneRejection {
                 data_plane: data_plane.clone(),
                 version: *version,
-                error: error.chars().take(1024).collect(),
+                error: crate::status::truncate(error, 1024),
             }),
     }
 }
 
-fn key_of(obj: &RoutingConfig) -> Option<ObjectKey> {
-    Some(ObjectKey {
-        namespace: obj.namespace()?,
-        name: obj.metadata.name.clone()?,
-    })
-}
-
 /// This replica's counts for one object.
 pub fn local_counts(store: &SnapshotStore, registry: &Registry, key: &ObjectKey) -> Counts {
-    let served = store.get(key).and_then(|s| s.served).map(|s| SnapshotRef {
-        lineage: s.lineage.clone(),
-        version: s.version,
-        hash: s.hash,
-    });
-    registry.counts(&key.to_string(), served.as_ref())
+    registry.counts(&key.to_string(), store.served_ref(key).as_ref())
 }
 
 /// Writes this replica's entry of every object whose counts changed, until shutdown; then
@@ -120,7 +107,7 @@ pub async fn report_loop(
             _ = tick.tick() => {}
         }
         for obj in reader.state() {
-            let Some(key) = key_of(&obj) else { continue };
+            let Some(key) = ObjectKey::of(&obj) else { continue };
             let counts = local_counts(&store, &registry, &key);
             let mine = obj
                 .status
@@ -140,7 +127,7 @@ pub async fn report_loop(
     // Leaving: take this replica's entries out, so nobody counts its data planes twice while
     // they reconnect elsewhere.
     for obj in reader.state() {
-        let Some(key) = key_of(&obj) else { continue };
+        let Some(key) = ObjectKey::of(&obj) else { continue };
         let has_entry = obj
             .status
             .as_ref()
@@ -222,7 +209,7 @@ pub async fn totals(
 
 /// Removes the entries of replicas that are gone (their Lease expired).
 pub async fn prune(client: &Client, obj: &RoutingConfig, dead: &[String]) {
-    let Some(key) = key_of(obj) else { return };
+    let Some(key) = ObjectKey::of(obj) else { return };
     let replicas = obj
         .status
         .as_ref()
