@@ -76,6 +76,22 @@ fn lookup(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("miss", customers), |b| {
             b.iter(|| black_box(table.route(Some(black_box(b"nobody-at-all"))).placement.payload));
         });
+        // 4,096 different unknown ids, shaped like real ones: each lands somewhere else in the
+        // index, so this is what unknown customers cost, not one cached probe.
+        let unknown: Vec<Vec<u8>> = probe_keys(customers, 4096)
+            .into_iter()
+            .map(|mut k| {
+                k[0] = b'x';
+                k
+            })
+            .collect();
+        group.bench_with_input(BenchmarkId::new("miss_varied", customers), &unknown, |b, keys| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                black_box(table.route(Some(black_box(&keys[i]))).placement.payload)
+            });
+        });
     }
     group.finish();
 }
