@@ -87,6 +87,7 @@ async fn snapshots(State(s): State<HttpState>) -> Response {
                     "lineage": snap.lineage,
                     "version": snap.version,
                     "hash": snap.hash,
+                    "accepted_at": snap.accepted_at.duration_since(std::time::SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
                     "customers": snap.config.spec().customer_to_placement.len(),
                     "placements": snap.config.spec().placement_to_endpoint.len(),
                 })),

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub snapshot_encode: Histogram,
     /// Size of the last encoded snapshot message.
     pub snapshot_bytes: Gauge,
+    /// Size of the same message gzip-compressed (what data planes with `gzip` receive).
+    pub snapshot_compressed_bytes: Gauge,
     refused: Family<ReasonLabels, Counter>,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
@@ -97,6 +99,7 @@ impl Metrics {
         let convergence = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
         let snapshot_encode = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         let snapshot_bytes = Gauge::default();
+        let snapshot_compressed_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let data_planes = Family::<StateLabels, Gauge>::default();
         registry.register(
@@ -131,13 +134,18 @@ impl Metrics {
         );
         registry.register(
             "cellroute_snapshot_encode_seconds",
-            "Time to encode one snapshot message (once per version)",
+            "Time to encode one snapshot message, JSON and gzip (once per version)",
             snapshot_encode.clone(),
         );
         registry.register(
             "cellroute_snapshot_bytes",
             "Size of the last encoded snapshot message",
             snapshot_bytes.clone(),
+        );
+        registry.register(
+            "cellroute_snapshot_compressed_bytes",
+            "Size of the last snapshot message gzip-compressed (sent to data planes that negotiated gzip)",
+            snapshot_compressed_bytes.clone(),
         );
         registry.register(
             "cellroute_refused_connections",
@@ -183,6 +191,7 @@ impl Metrics {
             convergence,
             snapshot_encode,
             snapshot_bytes,
+            snapshot_compressed_bytes,
             refused,
             data_planes,
         })

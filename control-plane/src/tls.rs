@@ -91,7 +91,7 @@ impl ServeListener {
         tokio::spawn(async move {
             loop {
                 let (stream, remote) = match TcpListener::accept(&tcp).await {
-                    Ok(pair) => pair,
+                    Ok(pair) => no_delay(pair),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -118,6 +118,15 @@ impl ServeListener {
     }
 }
 
+/// Turns Nagle's algorithm off: a snapshot's last partial segment must not wait for the data
+/// plane's delayed ACK (up to 40 ms on Linux), and the push is latency-bound, not packet-bound.
+fn no_delay((stream, remote): (TcpStream, SocketAddr)) -> (TcpStream, SocketAddr) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%remote, error = %e, "cannot set TCP_NODELAY");
+    }
+    (stream, remote)
+}
+
 impl Listener for ServeListener {
     type Io = Either<TcpStream, TlsStream<TcpStream>>;
     type Addr = SocketAddr;
@@ -126,7 +135,10 @@ impl Listener for ServeListener {
         match self {
             Self::Plain(tcp) => loop {
                 match TcpListener::accept(tcp).await {
-                    Ok((stream, remote)) => return (Either::Left(stream), remote),
+                    Ok(pair) => {
+                        let (stream, remote) = no_delay(pair);
+                        return (Either::Left(stream), remote);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;

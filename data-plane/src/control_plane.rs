@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, ClientMessage, Hello, MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage,
+    CAP_FULL_SNAPSHOT, CAP_GZIP, ClientMessage, Hello, MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH,
+    ServerMessage,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -206,7 +207,7 @@ async fn session(
         routing_config: settings.routing_config.clone(),
         applied,
         protocol: PROTOCOL_VERSION,
-        capabilities: vec![CAP_FULL_SNAPSHOT.to_owned()],
+        capabilities: vec![CAP_FULL_SNAPSHOT.to_owned(), CAP_GZIP.to_owned()],
     });
     sink.send(text(&hello)).await?;
     tracing::info!(control_plane = %settings.url, routing_config = %settings.routing_config, "connected to the control plane");
@@ -247,28 +248,53 @@ async fn session(
                 };
                 last_seen = Instant::now();
                 touch(state, metrics);
-                match frame? {
-                    Message::Text(body) => {
-                        let message: ServerMessage = serde_json::from_str(body.as_str())
-                            .map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))?;
-                        if let Some(reply) = handle(message, applier, state, metrics).await? {
-                            if let ClientMessage::Ack { snapshot } = &reply {
-                                acked = Some(snapshot.clone());
-                            }
-                            sink.send(text(&reply)).await?;
-                        }
-                    }
+                let wire = match frame? {
+                    Message::Text(body) => Wire::Text(body),
+                    // Only snapshots are sent compressed, and only because we offered gzip.
+                    Message::Binary(bytes) => Wire::Gzip(bytes),
                     Message::Close(frame) => {
                         let reason = frame.map_or_else(|| "no reason given".to_owned(), |f| format!("{} ({})", f.reason, f.code));
                         return Err(SessionError::Closed(reason));
                     }
-                    Message::Binary(_) => return Err(SessionError::Protocol("unexpected binary message".into())),
                     // Pongs to our pings, and pings (tungstenite queues the pong itself).
-                    _ => {}
+                    _ => continue,
+                };
+                let message = decode(wire, settings.max_message_bytes).await?;
+                if let Some(reply) = handle(message, applier, state, metrics).await? {
+                    if let ClientMessage::Ack { snapshot } = &reply {
+                        acked = Some(snapshot.clone());
+                    }
+                    sink.send(text(&reply)).await?;
                 }
             }
         }
     }
+}
+
+/// A control-plane message as it arrived.
+enum Wire {
+    Text(tungstenite::Utf8Bytes),
+    /// gzip-compressed JSON text (the `gzip` capability).
+    Gzip(tungstenite::Bytes),
+}
+
+/// Decompresses and parses a message away from the async workers: a 100k-customer snapshot
+/// takes tens of milliseconds, and proxied requests must not queue behind it.
+async fn decode(wire: Wire, limit: usize) -> Result<ServerMessage, SessionError> {
+    tokio::task::spawn_blocking(move || {
+        let unpacked;
+        let text = match &wire {
+            Wire::Text(body) => body.as_str(),
+            Wire::Gzip(bytes) => {
+                unpacked = routing_model::compression::gunzip(bytes, limit)
+                    .map_err(|e| SessionError::Protocol(e.to_string()))?;
+                unpacked.as_str()
+            }
+        };
+        serde_json::from_str(text).map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("decoding failed: {e}")))?
 }
 
 /// Handles one control-plane message; returns the reply to send, if any.

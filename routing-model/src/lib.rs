@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod compression;
 #[cfg(feature = "kube")]
 pub mod crd;
 pub mod diff;

@@ -9,8 +9,8 @@
 //! (applied) or a NACK (refused, with the error); a NACKed snapshot never replaces its table.
 //!
 //! Compatibility: both sides ignore unknown fields, and the control plane only sends message
-//! kinds the data plane announced in its `capabilities`, which leaves room for delta updates
-//! without breaking old data planes.
+//! kinds and encodings the data plane announced in its `capabilities` (today: [`CAP_GZIP`]),
+//! which leaves room for delta updates without breaking old data planes.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SUBSCRIBE_PATH: &str = "/v1/subscribe";
 /// Capability: full snapshots as [`SnapshotMessage`] (every data plane has it).
 pub const CAP_FULL_SNAPSHOT: &str = "full-snapshot";
-/// Default bound on one message, both directions.
+/// Capability: snapshots may arrive as binary messages holding the gzip-compressed bytes of the
+/// same JSON text (see [`crate::compression`]). Every other message stays text.
+pub const CAP_GZIP: &str = "gzip";
+/// Default bound on one message, both directions (for a compressed snapshot: its decompressed
+/// size).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Identity of one snapshot: which object lineage, which version, which content.

@@ -575,13 +575,18 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
 /// The JSON text of a `hello` for data plane `id`, subscribing to [`OBJECT`] with `applied`
 /// (a `SnapshotRef` as JSON) as its current snapshot.
 pub fn hello(id: &str, applied: Option<&Value>) -> String {
+    hello_with(id, applied, &[routing_model::protocol::CAP_FULL_SNAPSHOT])
+}
+
+/// A hello offering `capabilities`.
+pub fn hello_with(id: &str, applied: Option<&Value>, capabilities: &[&str]) -> String {
     json!({
         "type": "hello",
         "data_plane": id,
         "routing_config": OBJECT,
         "applied": applied,
         "protocol": routing_model::protocol::PROTOCOL_VERSION,
-        "capabilities": [routing_model::protocol::CAP_FULL_SNAPSHOT],
+        "capabilities": capabilities,
     })
     .to_string()
 }

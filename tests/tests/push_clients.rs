@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cellroute_tests::fixture::Cells;
-use cellroute_tests::push::{DP_TOKEN, FileControlPlane, SUBSCRIBE_PATH, Scene, Table, hello, wait_fleet};
+use cellroute_tests::push::{
+    DP_TOKEN, FileControlPlane, SUBSCRIBE_PATH, Scene, Table, hello, hello_with, wait_fleet,
+};
 use cellroute_tests::wait::SOON;
 use cellroute_tests::ws::{
     self, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_TOO_BIG, Frame, OP_BINARY, OP_PING, OP_PONG, OP_TEXT, RawWs,
@@ -65,6 +67,105 @@ fn assert_close(got: Option<(Option<u16>, String)>, code: u16, reason: &str, wha
         Some((Some(c), r)) if c == code && r.contains(reason) => eprintln!("{what}: closed {c} {r:?}"),
         other => panic!("{what}: expected close {code} with {reason:?}, got {other:?}"),
     }
+}
+
+/// The next message (text or binary), answering pings on the way.
+async fn next_message(ws: &mut RawWs, what: &str) -> Frame {
+    loop {
+        let frame = tokio::time::timeout(CLOSE_WITHIN, ws.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no message within {CLOSE_WITHIN:?}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .unwrap_or_else(|| panic!("{what}: the connection ended"));
+        match frame {
+            Frame::Ping(payload) => ws.send_frame(true, OP_PONG, &payload).await.expect("pong"),
+            Frame::Pong(_) => {}
+            other => return other,
+        }
+    }
+}
+
+fn json_text(frame: Frame, what: &str) -> Value {
+    match frame {
+        Frame::Text(text) => serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}")),
+        other => panic!("{what}: expected a text message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_compressed_only_for_data_planes_that_offer_gzip() {
+    use routing_model::protocol::{CAP_FULL_SNAPSHOT, CAP_GZIP};
+    let cells = Scene::cells(&CELLS).await;
+    let first = routes(&cells).customer("acme", "cell-a").filler(2000, "cell-b");
+    let scene = Scene::start(cells, &first, &[]).await;
+    scene.cp.wait_served(&first).await;
+    let addr = scene.cp.addr();
+
+    let mut plain = open(addr).await;
+    plain.send_text(&hello("plain", None)).await.expect("hello");
+    let mut packed = open(addr).await;
+    packed
+        .send_text(&hello_with(
+            "packed",
+            None,
+            &[CAP_FULL_SNAPSHOT, "delta-from-the-future", CAP_GZIP],
+        ))
+        .await
+        .expect("hello");
+
+    let welcome = json_text(next_message(&mut plain, "plain").await, "plain welcome");
+    assert_eq!(welcome["capabilities"], json!([CAP_FULL_SNAPSHOT]), "{welcome}");
+    let welcome = json_text(next_message(&mut packed, "packed").await, "packed welcome");
+    assert_eq!(
+        welcome["capabilities"],
+        json!([CAP_FULL_SNAPSHOT, CAP_GZIP]),
+        "only known capabilities the client offered: {welcome}"
+    );
+
+    // Every version: text for one, the gzip of the very same text for the other.
+    let second = first.clone().customer("acme", "cell-c");
+    for (round, table) in [(1, None), (2, Some(&second))] {
+        if let Some(table) = table {
+            scene.publish(table).await;
+        }
+        let Frame::Text(text) = next_message(&mut plain, "plain").await else {
+            panic!("round {round}: the client without gzip got a non-text snapshot");
+        };
+        let Frame::Binary(bytes) = next_message(&mut packed, "packed").await else {
+            panic!("round {round}: the client with gzip got a text snapshot");
+        };
+        let unpacked = routing_model::compression::gunzip(&bytes, 16 << 20).expect("valid gzip");
+        assert_eq!(
+            unpacked, text,
+            "round {round}: the compressed snapshot differs from the text one"
+        );
+        assert!(
+            bytes.len() * 3 < text.len(),
+            "round {round}: {} compressed bytes for {} bytes of text",
+            bytes.len(),
+            text.len()
+        );
+        let message: Value = serde_json::from_str(&text).expect("snapshot JSON");
+        assert_eq!(message["type"], "snapshot");
+        let customers = message["spec"]["customerToPlacement"]
+            .as_object()
+            .expect("customers");
+        assert_eq!(customers.len(), first.customers(), "round {round}");
+        let want = if round == 1 { "cell-a" } else { "cell-c" };
+        assert_eq!(
+            message["spec"]["customerToPlacement"]["acme"], want,
+            "round {round}"
+        );
+        for (ws, id) in [(&mut plain, "plain"), (&mut packed, "packed")] {
+            let ack = json!({"type": "ack", "snapshot": message["snapshot"]}).to_string();
+            ws.send_text(&ack).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        }
+    }
+    let synced = scene
+        .cp
+        .wait_state(&["plain", "packed"], "SYNCED", None, SOON)
+        .await;
+    assert_eq!(synced.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,8 @@ pub struct Encoded {
     pub accepted_at: SystemTime,
     /// The JSON text of the [`ServerMessage::Snapshot`].
     pub text: Utf8Bytes,
+    /// The same text, gzip-compressed, for data planes that negotiated `gzip`.
+    pub gzip: bytes::Bytes,
 }
 
 /// What subscribers of one object should have.
@@ -129,14 +131,18 @@ impl Publisher {
         let started = std::time::Instant::now();
         // Serializing plain structs into a String cannot fail.
         let text = serde_json::to_string(&message).expect("snapshot serializes");
+        // Compressed once here rather than per session: every gzip subscriber shares it.
+        let gzip = routing_model::compression::gzip(text.as_bytes());
         self.metrics
             .snapshot_encode
             .observe(started.elapsed().as_secs_f64());
         self.metrics.snapshot_bytes.set(text.len() as i64);
+        self.metrics.snapshot_compressed_bytes.set(gzip.len() as i64);
         Published::Snapshot(Arc::new(Encoded {
             reference,
             accepted_at: served.accepted_at,
             text: Utf8Bytes::from(text),
+            gzip: gzip.into(),
         }))
     }
 }

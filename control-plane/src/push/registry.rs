@@ -37,6 +37,9 @@ pub struct Record {
     pub last_seen: f64,
     /// The last snapshot it applied.
     pub acked: Option<SnapshotRef>,
+    /// Unix seconds the control plane received the ACK of `acked` (absent when the data plane
+    /// reported it in its hello): with the snapshot's `accepted_at`, how long convergence took.
+    pub acked_at: Option<f64>,
     /// The last snapshot it refused, and why.
     pub nacked: Option<Nack>,
 }
@@ -154,6 +157,7 @@ impl Registry {
                         .as_ref()
                         .filter(|p| p.routing_config == routing_config)
                         .and_then(|p| p.acked.clone()),
+                    acked_at: None,
                     nacked: None,
                 },
             );
@@ -180,13 +184,19 @@ impl Registry {
 
     /// The data plane said what it has applied (in its Hello).
     pub fn applied(&self, id: &str, session: u64, snapshot: Option<SnapshotRef>) {
-        self.update(id, session, |r| r.acked = snapshot);
+        self.update(id, session, |r| {
+            if r.acked != snapshot {
+                r.acked_at = None;
+            }
+            r.acked = snapshot;
+        });
     }
 
     /// The data plane applied a snapshot.
     pub fn ack(&self, id: &str, session: u64, snapshot: SnapshotRef) {
         self.update(id, session, |r| {
             r.acked = Some(snapshot);
+            r.acked_at = Some(r.last_seen);
             r.nacked = None;
         });
     }

@@ -13,7 +13,8 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage, Welcome, check_object_ref,
+    CAP_FULL_SNAPSHOT, CAP_GZIP, ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage, Welcome,
+    check_object_ref,
 };
 
 use super::PushState;
@@ -126,16 +127,22 @@ async fn serve(
     let current = updates.borrow_and_update().clone();
     let up_to_date =
         matches!(&current, Published::Snapshot(e) if Some(&e.reference) == hello.applied.as_ref());
+    // Capabilities are only used when the data plane offered them.
+    let gzip = hello.capabilities.iter().any(|c| c == CAP_GZIP);
+    let mut capabilities = vec![CAP_FULL_SNAPSHOT.to_owned()];
+    if gzip {
+        capabilities.push(CAP_GZIP.to_owned());
+    }
     let welcome = ServerMessage::Welcome(Welcome {
         protocol: PROTOCOL_VERSION,
-        capabilities: vec![CAP_FULL_SNAPSHOT.to_owned()],
+        capabilities,
         heartbeat_ms: s.settings.heartbeat.as_millis() as u64,
         up_to_date,
     });
     if let Err(end) = send(sink, text(&welcome), s).await {
         return end;
     }
-    if !up_to_date && let Err(end) = publish(sink, &current, key, s).await {
+    if !up_to_date && let Err(end) = publish(sink, &current, key, gzip, s).await {
         return end;
     }
     let mut ping = tokio::time::interval(s.settings.heartbeat);
@@ -152,9 +159,13 @@ async fn serve(
                     return End::Shutdown;
                 }
                 let next = updates.borrow_and_update().clone();
-                if let Err(end) = publish(sink, &next, key, s).await {
+                if let Err(end) = publish(sink, &next, key, gzip, s).await {
                     return end;
                 }
+                // A large snapshot can take seconds to send to a busy fleet, and nothing is read
+                // meanwhile; a send that completed shows the data plane is reading, so that time
+                // is not silence.
+                last_seen = Instant::now();
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > s.settings.heartbeat_timeout {
@@ -201,11 +212,21 @@ async fn serve(
     }
 }
 
-async fn publish(sink: &mut Sink, published: &Published, key: &ObjectKey, s: &PushState) -> Result<(), End> {
+async fn publish(
+    sink: &mut Sink,
+    published: &Published,
+    key: &ObjectKey,
+    gzip: bool,
+    s: &PushState,
+) -> Result<(), End> {
     let message = match published {
         Published::Snapshot(encoded) => {
             s.metrics.pushes.inc();
-            Message::Text(encoded.text.clone())
+            if gzip {
+                Message::Binary(encoded.gzip.clone())
+            } else {
+                Message::Text(encoded.text.clone())
+            }
         }
         Published::Missing(reason) => text(&ServerMessage::Missing {
             routing_config: key.to_string(),
