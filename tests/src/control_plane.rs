@@ -157,6 +157,21 @@ impl ControlPlane {
         self.counter("cellroute_status_writes_total", &[]).await
     }
 
+    /// `cellroute_status_writes_total` once it has reached `at_least`. The counter moves after
+    /// the write's response arrives, so a test that has just *seen* the written status can
+    /// read it a moment too early; callers then assert the exact count.
+    pub async fn status_writes_at_least(&self, at_least: f64) -> f64 {
+        crate::wait::eventually(
+            &format!("cellroute_status_writes_total to reach {at_least}"),
+            crate::wait::SOON,
+            || async move {
+                let n = self.status_writes().await;
+                if n >= at_least { Ok(n) } else { Err(format!("{n}")) }
+            },
+        )
+        .await
+    }
+
     /// True while `cellroute_leader` is 1.
     pub async fn is_leader(&self) -> bool {
         self.counter("cellroute_leader", &[]).await == 1.0
