@@ -280,6 +280,7 @@ class Env:
         self.control_plane = workdir / "control-plane"
         self.data_plane = workdir / "data-plane"
         self.swarm = workdir / "swarm"
+        self.out_dir = workdir
         (workdir / "dp-tokens").write_text(DP_TOKEN + "\n")
 
 
@@ -365,6 +366,7 @@ def row_convergence(env: Env) -> dict:
     log("row 1: convergence")
     limits = loopback(env)
     cells = []
+    profile = None
     for customers in env.mode.tables:
         body = table_yaml(customers)
         cfg = env.workdir / f"routing-{customers}.yaml"
@@ -393,6 +395,8 @@ def row_convergence(env: Env) -> dict:
             sw = Swarm(env, cp, n, f"sw{customers}x{n}{'' if gzip else 'text'}", gzip)
             sw.wait_synced(cp.served(), 120)
             samples = measure_changes(cp, sw, edit, env.mode.reps, limits, 120)
+            if env.args.profile and gzip and n == max(env.mode.swarm_ns) and customers == 10_000:
+                profile = profile_control_plane(env, cp, sw, edit, limits)
             label = f"{n:,} lightweight client{'s' if n > 1 else ''}" + ("" if gzip else ", JSON text (no gzip)")
             cells.append(summarize(label, "swarm" if gzip else "swarm-text", n, customers, samples,
                                    [cp.command, sw.command], gzip))
@@ -405,7 +409,65 @@ def row_convergence(env: Env) -> dict:
         except Exception:
             log(f"row 1 kubectl apply path failed:\n{traceback.format_exc()}")
             raise
-    return {"limits": limits, "cells": cells, "kube": kube}
+    return {"limits": limits, "cells": cells, "kube": kube, "profile": profile}
+
+
+# Buckets for the control plane's profile during fan-out, first match wins.
+CP_BUCKETS = [
+    ("kernel: TCP over loopback, syscalls, scheduling", r"^\[k\]"),
+    ("reading the file: YAML, validation, hashing (before acceptance, outside the interval)",
+     r"granit|saphyr|routing_model::validate|routing_model::parse|sha2|Sha256|config_watch"),
+    ("encoding once per version: JSON + gzip", r"miniz|deflate|flate2|publisher"),
+    ("allocator (glibc malloc/free)", r"malloc|_int_free|cfree|unlink_chunk|realloc|__libc_free|tcache"),
+    ("memcpy/memmove/memset", r"memmove|memcpy|memset"),
+    ("WebSocket framing (tungstenite, axum ws, hyper upgrade)", r"tungstenite|axum::extract::ws|hyper|Rewind"),
+    ("JSON (ACK parsing, debug endpoints)", r"serde_json|serde_core|serde::|zmij|itoa|ryu"),
+    ("tokio scheduler, timers, wakers, locks", r"tokio::|futures_util|futures::|waker|parking_lot|std::sync"),
+    ("control plane's own code (sessions, registry, metrics)", r"control_plane|prometheus|routing_model"),
+    ("syscall wrappers (libc)", r"writev|recv|send|epoll|syscall|pthread|__GI_"),
+]
+
+
+def profile_control_plane(env: Env, cp: ControlPlane, clients, trigger, limits: dict) -> dict | None:
+    """A perf profile (user + kernel) of the control plane while it pushes changes to the swarm."""
+    if not B.perf_works():
+        log("row 1: perf is not usable here; no profile")
+        return None
+    import re
+    data = env.workdir / "perf-cp.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-p", str(cp.proc.pid),
+                            "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        measure_changes(cp, clients, trigger, 20, limits, 120)
+    finally:
+        rec.send_signal(2)  # SIGINT: perf writes its data and exits
+        rec.wait(timeout=60)
+    rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "symbol",
+                          "-g", "none", "--percent-limit", "0.01"], capture_output=True, text=True,
+                         timeout=300).stdout
+    syms, buckets = bucketize(rep)
+    command = (f"perf record -e cpu-clock -F 1999 -p <control plane> during 20 changes to {clients.n:,} "
+               "lightweight clients (10k customers, gzip); perf report --no-children --sort symbol")
+    (env.out_dir / "profile-convergence-cp.txt").write_text(
+        f"# {command}\n" + "\n".join(ln.rstrip(" -") for ln in rep.splitlines()) + "\n")
+    log("row 1: profile: " + "; ".join(f"{b} {v:.0f}%" for b, v in buckets[:5]))
+    return {"command": command, "top": syms[:20], "buckets": buckets}
+
+
+def bucketize(report: str) -> tuple[list[tuple[float, str]], list[tuple[str, float]]]:
+    """(symbols with their share, buckets by share) from `perf report --sort symbol` text."""
+    import re
+    syms = []
+    for ln in report.splitlines():
+        mm = re.match(r"\s*([\d.]+)%\s+(\[[.k]\]\s+.*?)[\s-]*$", ln)
+        if mm:
+            syms.append((float(mm.group(1)), mm.group(2)))
+    buckets: dict[str, float] = {}
+    for share, sym in syms:
+        name = next((b for b, rx in CP_BUCKETS if re.search(rx, sym)), "other")
+        buckets[name] = buckets.get(name, 0.0) + share
+    return syms, sorted(buckets.items(), key=lambda kv: -kv[1])
 
 
 def convergence_kube(env: Env, limits: dict) -> dict | None:
@@ -652,6 +714,15 @@ def render(results: dict, out_dir: Path) -> str:
               f"{small['p50_ms'] * 1e3 / small_n:.0f} µs per data plane at N = {small_n:,} (a send, a receive, an "
               "ACK and their wakeups, on the cores the clients also use). The ratio to the bound is large there, "
               "but it is a ratio of microseconds; the bound counts bytes, not messages.")
+        prof = conv.get("profile")
+        report = out_dir / "profile-convergence-cp.txt"
+        if prof and report.exists():  # re-bucketed on every render, so the buckets can be refined
+            prof["top"], prof["buckets"] = bucketize(report.read_text())
+        if prof:
+            A(f"- Where the control plane's time goes while it pushes to {goal['n'] if goal else 'N':,} data planes "
+              f"(`perf`, user + kernel, self time, buckets by symbol name and approximate; full report in "
+              f"[`{img}/profile-convergence-cp.txt`]({img}/profile-convergence-cp.txt)): "
+              + "; ".join(f"{b} {v:.0f}%" if v >= 1 else f"{b} {v:.1f}%" for b, v in prof["buckets"]) + ".")
         for c in cells:
             if c["clients"] == "data-plane" and c["customers"] == max(x["customers"] for x in cells):
                 sw = next((x for x in cells if x["clients"] == "swarm" and x["n"] == c["n"]
@@ -766,6 +837,8 @@ def main() -> int:
     ap.add_argument("--kube", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure the kubectl-apply path on tests/k8s/apiserver.sh (default on)")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                    help="perf profile of the control plane at the largest N, 10k customers (default: full mode)")
     ap.add_argument("--ns", help="comma list: lightweight-client N values (overrides the mode's)")
     ap.add_argument("--real-ns", help="comma list: data-plane process N values (overrides the mode's)")
     ap.add_argument("--tables", help="comma list: table sizes (overrides the mode's)")
@@ -782,6 +855,8 @@ def main() -> int:
             write_md(section, md)
         return 0
     mode = MODES["quick" if args.quick else "full"]
+    if args.profile is None:
+        args.profile = not args.quick
     if args.reps:
         mode.reps = args.reps
         mode.kube_reps = args.reps
@@ -799,6 +874,7 @@ def main() -> int:
         mode.fanout_ns = [n for n in mode.fanout_ns if n + 200 <= hard] or [hard // 2]
     workdir = Path(tempfile.mkdtemp(prefix="cellroute-bench-push-"))
     env = Env(args, mode, workdir)
+    env.out_dir = out_dir
     for src, dst in ((args.control_plane, env.control_plane), (args.data_plane, env.data_plane),
                      (args.swarm, env.swarm)):
         shutil.copy2(src, dst)
