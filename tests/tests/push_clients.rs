@@ -166,6 +166,19 @@ async fn snapshots_are_compressed_only_for_data_planes_that_offer_gzip() {
         .wait_state(&["plain", "packed"], "SYNCED", None, SOON)
         .await;
     assert_eq!(synced.len(), 2);
+    // Both ends of convergence are on the control plane's clock: the ACK arrived after the
+    // version was accepted (the benchmark's interval).
+    let accepted = scene.cp.served().await["accepted_at"]
+        .as_f64()
+        .expect("served.accepted_at");
+    for entry in &synced {
+        let acked = entry["record"]["acked_at"].as_f64().expect("record.acked_at");
+        assert!(
+            acked >= accepted,
+            "ACK at {acked} before acceptance at {accepted}: {entry}"
+        );
+        assert!(acked - accepted < 60.0, "{entry}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
