@@ -15,8 +15,7 @@ use std::time::Duration;
 use kube::Client;
 use serde_json::Value;
 
-use crate::admin::metric_value;
-use crate::client::{Reply, http_client};
+use crate::cp_http::CpHttp;
 use crate::k8s::{Cluster, K8S_SOON, RoutingConfigs};
 use crate::process::{Logs, Process, bin_path, scrub_env};
 use crate::wait::eventually;
@@ -54,33 +53,40 @@ impl Options {
 #[derive(Debug)]
 pub struct ControlPlane {
     process: Process,
-    http_addr: SocketAddr,
     identity: String,
-    http: reqwest::Client,
+    http: CpHttp,
+}
+
+/// `GET`s, metrics and `/debug/dataplanes` of the shared client.
+impl std::ops::Deref for ControlPlane {
+    type Target = CpHttp;
+
+    fn deref(&self) -> &CpHttp {
+        &self.http
+    }
 }
 
 impl ControlPlane {
     /// Starts the control plane and waits until its HTTP server listens (not until it is
-    /// ready: see [`ControlPlane::wait_ready`]).
+    /// ready: see [`ControlPlane::start_ready`]).
     ///
     /// # Panics
     ///
     /// When the binary cannot be built or started, or does not listen within the startup
     /// timeout; the message includes its logs.
     pub async fn start(options: &Options) -> Self {
-        let (process, http_addr) = spawn(options, "127.0.0.1:0", &[]).await;
+        let (process, addr) = spawn(options, "127.0.0.1:0", &[]).await;
         Self {
             process,
-            http_addr,
             identity: options.identity.clone(),
-            http: http_client(),
+            http: CpHttp::new(addr, &options.identity),
         }
     }
 
     /// Starts the control plane and waits until `/readyz` answers 200 (its first list is done).
     pub async fn start_ready(options: &Options) -> Self {
         let cp = Self::start(options).await;
-        cp.wait_ready().await;
+        cp.wait_ready(K8S_SOON).await;
         cp
     }
 
@@ -94,67 +100,20 @@ impl ControlPlane {
         format!("{}/{}", crate::k8s::CONTROL_PLANE_MANAGER, self.identity)
     }
 
-    /// The HTTP server's address.
-    pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
-    }
-
     /// The logs collected so far.
     pub fn logs(&self) -> &Logs {
         self.process.logs()
     }
 
-    /// `GET` a path on the HTTP server.
-    ///
-    /// # Panics
-    ///
-    /// When the server cannot be reached at all.
-    pub async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.http_addr))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path} on control plane {}: {e}", self.identity));
-        Reply::read(response).await
-    }
-
-    /// Waits until `GET /readyz` answers 200.
-    pub async fn wait_ready(&self) {
-        eventually(
-            &format!("control plane {} to be ready", self.identity),
-            K8S_SOON,
-            || async {
-                let reply = self.get("/readyz").await;
-                if reply.status == 200 {
-                    Ok(())
-                } else {
-                    Err(reply.to_string())
-                }
-            },
-        )
-        .await;
-    }
-
-    /// `GET /metrics`, as text.
-    pub async fn metrics(&self) -> String {
-        self.get("/metrics").await.text
-    }
-
-    /// The value of one metric sample, 0 when it is not exported (yet).
-    pub async fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.metrics().await, name, labels).unwrap_or(0.0)
-    }
-
     /// `cellroute_reconciles_total{result}`.
     pub async fn reconciles(&self, result: &str) -> f64 {
-        self.counter("cellroute_reconciles_total", &[("result", result)])
+        self.metric("cellroute_reconciles_total", &[("result", result)])
             .await
     }
 
     /// `cellroute_status_writes_total`.
     pub async fn status_writes(&self) -> f64 {
-        self.counter("cellroute_status_writes_total", &[]).await
+        self.metric("cellroute_status_writes_total", &[]).await
     }
 
     /// `cellroute_status_writes_total` once it has reached `at_least`. The counter moves after
@@ -174,7 +133,7 @@ impl ControlPlane {
 
     /// True while `cellroute_leader` is 1.
     pub async fn is_leader(&self) -> bool {
-        self.counter("cellroute_leader", &[]).await == 1.0
+        self.metric("cellroute_leader", &[]).await == 1.0
     }
 
     /// Waits until this replica holds the lease.

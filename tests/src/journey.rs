@@ -2,17 +2,12 @@
 //! status, and a control plane that restarts on the same address, as a Service address stays
 //! the same across restarts.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use routing_model::crd::RoutingConfig;
-use serde_json::Value;
 
-use crate::client::{Reply, http_client};
 use crate::control_plane::{self, Options};
+use crate::cp_http::CpHttp;
 use crate::k8s::{K8S_SOON, RoutingConfigs, condition};
 use crate::process::Process;
-use crate::wait::eventually;
 
 /// Waits until the status of `name` describes `generation` with `Accepted` = `accepted`, serves
 /// `version`, and says all `n` data planes applied it (`Synced` True, `dataPlanes` n/n).
@@ -64,27 +59,30 @@ pub async fn wait_synced(
 pub struct RestartableControlPlane {
     options: Options,
     process: Option<Process>,
-    addr: SocketAddr,
-    http: reqwest::Client,
+    http: CpHttp,
+}
+
+/// `GET`s, metrics and `/debug/dataplanes` of the shared client.
+impl std::ops::Deref for RestartableControlPlane {
+    type Target = CpHttp;
+
+    fn deref(&self) -> &CpHttp {
+        &self.http
+    }
 }
 
 impl RestartableControlPlane {
     /// Starts it on a free loopback port and waits until it is ready (first list done).
     pub async fn start(options: Options) -> Self {
         let (process, addr) = control_plane::spawn(&options, "127.0.0.1:0", &[]).await;
+        let http = CpHttp::new(addr, &options.identity);
         let cp = Self {
             options,
             process: Some(process),
-            addr,
-            http: http_client(),
+            http,
         };
-        cp.wait_ready().await;
+        cp.wait_ready(K8S_SOON).await;
         cp
-    }
-
-    /// `ws://ADDR`, for `data-plane run --control-plane`.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
     }
 
     /// Stops it (SIGKILL, as a node loss would) and waits until it is gone.
@@ -96,53 +94,9 @@ impl RestartableControlPlane {
     /// waits until it is ready.
     pub async fn restart(&mut self) {
         assert!(self.process.is_none(), "restart a control plane that was stopped");
-        let (process, addr) = control_plane::spawn(&self.options, &self.addr.to_string(), &[]).await;
-        assert_eq!(addr, self.addr, "restarted on another address");
+        let (process, addr) = control_plane::spawn(&self.options, &self.addr().to_string(), &[]).await;
+        assert_eq!(addr, self.addr(), "restarted on another address");
         self.process = Some(process);
-        self.wait_ready().await;
-    }
-
-    async fn wait_ready(&self) {
-        eventually(
-            &format!("control plane {} to be ready", self.options.identity),
-            K8S_SOON,
-            || async {
-                let reply = self.get("/readyz").await;
-                if reply.status == 200 {
-                    Ok(())
-                } else {
-                    Err(reply.to_string())
-                }
-            },
-        )
-        .await;
-    }
-
-    /// `GET path`.
-    pub async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path} on the control plane: {e}"));
-        Reply::read(response).await
-    }
-
-    /// Waits until every data plane of `ids` is listed by `/debug/dataplanes` in `state`, and
-    /// returns their entries.
-    pub async fn wait_state(&self, ids: &[&str], state: &str, timeout: Duration) -> Vec<Value> {
-        eventually(&format!("{ids:?} to be {state}"), timeout, || async {
-            let reply = self.get("/debug/dataplanes").await;
-            let all = reply.json["dataplanes"].as_array().cloned().unwrap_or_default();
-            ids.iter()
-                .map(|id| match all.iter().find(|d| d["id"] == *id) {
-                    Some(entry) if entry["state"] == state => Ok(entry.clone()),
-                    Some(entry) => Err(format!("{id}: {entry}")),
-                    None => Err(format!("{id} not listed in {reply}")),
-                })
-                .collect()
-        })
-        .await
+        self.wait_ready(K8S_SOON).await;
     }
 }

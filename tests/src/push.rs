@@ -29,9 +29,9 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 
-use crate::admin::{AdminClient, metric_value};
-use crate::client::{Reply, http_client};
+use crate::admin::AdminClient;
 use crate::config::write_replace;
+use crate::cp_http::CpHttp;
 use crate::fixture::{Cells, TOKEN as ADMIN_TOKEN};
 use crate::process::{DataPlane, Logs, Process, bin_path, scrub_env};
 use crate::proxy::ProxyClient;
@@ -131,12 +131,20 @@ impl Table {
 #[derive(Debug)]
 pub struct FileControlPlane {
     process: Option<Process>,
-    addr: SocketAddr,
     args: Vec<String>,
-    http: reqwest::Client,
+    http: CpHttp,
     /// Processes killed before the current one, kept so that a failing test prints their logs
     /// too (a restarted control plane is a new process).
     earlier: Vec<Process>,
+}
+
+/// `GET`s, metrics and `/debug/dataplanes` of the shared client.
+impl std::ops::Deref for FileControlPlane {
+    type Target = CpHttp;
+
+    fn deref(&self) -> &CpHttp {
+        &self.http
+    }
 }
 
 impl FileControlPlane {
@@ -146,21 +154,10 @@ impl FileControlPlane {
         let (process, addr) = spawn_control_plane(&args, "127.0.0.1:0".parse().expect("address")).await;
         Self {
             process: Some(process),
-            addr,
             args,
-            http: http_client(),
+            http: CpHttp::new(addr, "(file mode)"),
             earlier: Vec::new(),
         }
-    }
-
-    /// Its HTTP address (also the WebSocket address).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The URL data planes are given: `ws://ADDR`.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
     }
 
     /// The logs of the running process.
@@ -203,48 +200,9 @@ impl FileControlPlane {
     /// When one is still running, or the new one does not listen.
     pub async fn restart(&mut self) {
         assert!(self.process.is_none(), "restart a control plane that was stopped");
-        let (process, addr) = spawn_control_plane(&self.args, self.addr).await;
-        assert_eq!(addr, self.addr, "restarted on another address");
+        let (process, addr) = spawn_control_plane(&self.args, self.addr()).await;
+        assert_eq!(addr, self.addr(), "restarted on another address");
         self.process = Some(process);
-    }
-
-    /// `GET path`.
-    ///
-    /// # Panics
-    ///
-    /// When the server cannot be reached.
-    pub async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path} on the control plane: {e}"));
-        Reply::read(response).await
-    }
-
-    /// A sample of `/metrics`, 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.get("/metrics").await.text, name, labels).unwrap_or(0.0)
-    }
-
-    /// Every entry of `/debug/dataplanes`.
-    ///
-    /// # Panics
-    ///
-    /// When the answer is not the documented JSON.
-    pub async fn dataplanes(&self) -> Vec<Value> {
-        let reply = self.get("/debug/dataplanes").await;
-        assert_eq!(reply.status, 200, "{reply}");
-        reply.json["dataplanes"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no dataplanes array: {reply}"))
-            .clone()
-    }
-
-    /// The `/debug/dataplanes` entry of data plane `id`.
-    pub async fn dataplane(&self, id: &str) -> Option<Value> {
-        self.dataplanes().await.into_iter().find(|d| d["id"] == id)
     }
 
     /// What `/debug/snapshots` serves for [`OBJECT`] (`null` when nothing).
@@ -278,42 +236,6 @@ impl FileControlPlane {
                 _ => Err(format!("serving {served}")),
             }
         })
-        .await
-    }
-
-    /// Waits until every data plane of `ids` is in `state` (`SYNCED`, `REJECTED`, ...) with
-    /// `version` as its acked (SYNCED) or nacked (REJECTED) version, and returns their entries.
-    pub async fn wait_state(
-        &self,
-        ids: &[&str],
-        state: &str,
-        version: Option<i64>,
-        timeout: Duration,
-    ) -> Vec<Value> {
-        eventually(
-            &format!("{ids:?} to be {state} at version {version:?}"),
-            timeout,
-            || async {
-                let all = self.dataplanes().await;
-                let mut found = Vec::new();
-                for id in ids {
-                    let entry = all
-                        .iter()
-                        .find(|d| d["id"] == *id)
-                        .ok_or_else(|| format!("{id} not listed in {all:?}"))?;
-                    let reported = match state {
-                        "REJECTED" => &entry["record"]["nacked"]["snapshot"]["version"],
-                        _ => &entry["record"]["acked"]["version"],
-                    };
-                    let version_ok = version.is_none_or(|v| reported.as_i64() == Some(v));
-                    if entry["state"] != state || !version_ok {
-                        return Err(format!("{id}: {entry}"));
-                    }
-                    found.push(entry.clone());
-                }
-                Ok(found)
-            },
-        )
         .await
     }
 

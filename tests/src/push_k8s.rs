@@ -9,21 +9,19 @@
 //!   apiserver has no token controller, so TokenRequest is the only way to get one);
 //! - [`follow`]: a real data plane following such a control plane with such a token.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::admin::{AdminClient, metric_value};
-use crate::client::{Reply, http_client};
+use crate::admin::AdminClient;
 use crate::control_plane::{self, Options};
+use crate::cp_http::CpHttp;
 use crate::fixture::TOKEN as ADMIN_TOKEN;
 use crate::k8s::{Cluster, K8S_SOON};
 use crate::process::{DataPlane, Logs, Process};
 use crate::proxy::ProxyClient;
 use crate::push::Follower;
-use crate::wait::eventually;
 
 /// The audience the control plane's TokenReview asks for.
 pub const AUDIENCE: &str = "cellroute";
@@ -32,9 +30,16 @@ pub const AUDIENCE: &str = "cellroute";
 #[derive(Debug)]
 pub struct KubeControlPlane {
     process: Process,
-    addr: SocketAddr,
-    identity: String,
-    http: reqwest::Client,
+    http: CpHttp,
+}
+
+/// `GET`s, metrics and `/debug/dataplanes` of the shared client.
+impl std::ops::Deref for KubeControlPlane {
+    type Target = CpHttp;
+
+    fn deref(&self) -> &CpHttp {
+        &self.http
+    }
 }
 
 impl KubeControlPlane {
@@ -51,34 +56,10 @@ impl KubeControlPlane {
         let (process, addr) = control_plane::spawn(options, "127.0.0.1:0", extra).await;
         let cp = Self {
             process,
-            addr,
-            identity: options.identity.clone(),
-            http: http_client(),
+            http: CpHttp::new(addr, &options.identity),
         };
-        eventually(
-            &format!("control plane {} to be ready", cp.identity),
-            K8S_SOON,
-            || async {
-                let reply = cp.get("/readyz").await;
-                if reply.status == 200 {
-                    Ok(())
-                } else {
-                    Err(reply.to_string())
-                }
-            },
-        )
-        .await;
+        cp.wait_ready(K8S_SOON).await;
         cp
-    }
-
-    /// Its HTTP address, which also serves the WebSocket push.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `ws://ADDR`, for `data-plane run --control-plane`.
-    pub fn url(&self) -> String {
-        format!("ws://{}", self.addr)
     }
 
     /// Its logs so far.
@@ -89,65 +70,6 @@ impl KubeControlPlane {
     /// Waits up to `timeout` for a log record satisfying `pred`, and returns it.
     pub async fn wait_for_log(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         self.process.wait_for_log(what, timeout, pred).await
-    }
-
-    /// `GET path`.
-    ///
-    /// # Panics
-    ///
-    /// When the server cannot be reached.
-    pub async fn get(&self, path: &str) -> Reply {
-        let response = self
-            .http
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path} on control plane {}: {e}", self.identity));
-        Reply::read(response).await
-    }
-
-    /// A sample of `/metrics`, 0 when absent.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.get("/metrics").await.text, name, labels).unwrap_or(0.0)
-    }
-
-    /// Every entry of `/debug/dataplanes`.
-    ///
-    /// # Panics
-    ///
-    /// When the answer is not the documented JSON.
-    pub async fn dataplanes(&self) -> Vec<Value> {
-        let reply = self.get("/debug/dataplanes").await;
-        assert_eq!(reply.status, 200, "{reply}");
-        reply.json["dataplanes"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no dataplanes array: {reply}"))
-            .clone()
-    }
-
-    /// The `/debug/dataplanes` entry of data plane `id`.
-    pub async fn dataplane(&self, id: &str) -> Option<Value> {
-        self.dataplanes().await.into_iter().find(|d| d["id"] == id)
-    }
-
-    /// Waits until every data plane of `ids` is listed in `state` (`SYNCED`, `ORPHANED`, ...),
-    /// and returns their entries.
-    pub async fn wait_state(&self, ids: &[&str], state: &str, timeout: Duration) -> Vec<Value> {
-        eventually(
-            &format!("{ids:?} to be {state} on control plane {}", self.identity),
-            timeout,
-            || async {
-                let all = self.dataplanes().await;
-                ids.iter()
-                    .map(|id| match all.iter().find(|d| d["id"] == *id) {
-                        Some(entry) if entry["state"] == state => Ok(entry.clone()),
-                        Some(entry) => Err(format!("{id}: {entry}")),
-                        None => Err(format!("{id} not listed in {all:?}")),
-                    })
-                    .collect()
-            },
-        )
-        .await
     }
 }
 

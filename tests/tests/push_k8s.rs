@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cellroute_tests::control_plane::Options;
+use cellroute_tests::example::{self, CELLS, NAME, ROUTES as EXAMPLE_ROUTES};
 use cellroute_tests::fixture::Cells;
+use cellroute_tests::journey::wait_synced;
 use cellroute_tests::k8s::{
     Cluster, K8S_SOON, RoutingConfigs, condition, condition_of, edit, evaluates_cel, get_rtc,
     without_version_skew_warnings,
@@ -34,23 +36,10 @@ use routing_model::protocol::SUBSCRIBE_PATH;
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// The example users apply; the tests apply it with their own namespace and cells.
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/routing.yaml");
-/// The object the example defines.
-const NAME: &str = "routes";
 /// The ServiceAccount the data planes run as, in the RoutingConfig's namespace.
 const SERVICE_ACCOUNT: &str = "data-plane";
 /// The data planes of every test.
 const DATA_PLANES: [&str; 2] = ["dp-1", "dp-2"];
-/// The example's cells: each echo cell is named after the placement it serves.
-const CELLS: [&str; 2] = ["tier1", "tier3"];
-/// Where the example sends customers (an unlisted one goes to the default placement).
-const EXAMPLE_ROUTES: [(&str, &str); 4] = [
-    ("acme", "tier1"),
-    ("globex", "tier1"),
-    ("initech", "tier3"),
-    ("unlisted-customer", "tier3"),
-];
 /// How long "nothing changes" is watched for.
 const STEADY: Duration = Duration::from_secs(1);
 
@@ -87,7 +76,7 @@ impl Fleet {
             dps.push(follow(&cp.url(), &object, id, &token, dir.path()).await);
         }
         // Subscribed before the object exists: listed, with nothing to serve them.
-        cp.wait_state(&DATA_PLANES, "ORPHANED", K8S_SOON).await;
+        cp.wait_state(&DATA_PLANES, "ORPHANED", None, K8S_SOON).await;
         for dp in &dps {
             dp.wait_connected(true, K8S_SOON).await;
             let ready = dp.admin.readyz().await;
@@ -112,16 +101,7 @@ impl Fleet {
 
     /// `examples/routing.yaml` in this test's namespace, pointing at this test's cells.
     fn example(&self) -> String {
-        let text = std::fs::read_to_string(EXAMPLE).unwrap_or_else(|e| panic!("read {EXAMPLE}: {e}"));
-        let edits = [
-            ("namespace: default", format!("namespace: {}", self.namespace)),
-            ("http://127.0.0.1:9001", self.cells.url("tier1")),
-            ("http://127.0.0.1:9003", self.cells.url("tier3")),
-        ];
-        edit(
-            &text,
-            &edits.iter().map(|(a, b)| (*a, b.as_str())).collect::<Vec<_>>(),
-        )
+        example::localized(&self.namespace, &self.cells)
     }
 
     /// Writes `manifest` to a file and runs `kubectl apply -f FILE`; returns the output.
@@ -165,41 +145,7 @@ impl Fleet {
     /// `version`, and says every data plane applied it: `Synced` True, `dataPlanes` 2/2.
     async fn wait_status(&self, generation: i64, accepted: &str, version: i64) -> RoutingConfig {
         let n = DATA_PLANES.len() as i64;
-        self.rtc
-            .wait_for(
-                NAME,
-                &format!(
-                    "Accepted={accepted} at generation {generation}, Synced {n}/{n} at version {version}"
-                ),
-                |obj| {
-                    let status = obj.status.as_ref().ok_or("no status")?;
-                    if status.observed_generation != Some(generation) {
-                        return Err("observedGeneration".to_owned());
-                    }
-                    match condition(status, "Accepted") {
-                        Some(c) if c.status == accepted && c.observed_generation == Some(generation) => {}
-                        other => return Err(format!("Accepted: {other:?}")),
-                    }
-                    match condition(status, "Synced") {
-                        Some(c) if c.status == "True" && c.reason == "AllDataPlanesSynced" => {}
-                        other => return Err(format!("Synced: {other:?}")),
-                    }
-                    if status.snapshot.as_ref().map(|s| s.version) != Some(version) {
-                        return Err("snapshot.version".to_owned());
-                    }
-                    match &status.data_planes {
-                        Some(d)
-                            if d.connected == n
-                                && d.synced == n
-                                && d.rejected == 0
-                                && d.summary == format!("{n}/{n}")
-                                && d.last_rejection.is_none() => {}
-                        other => Err(format!("dataPlanes: {other:?}"))?,
-                    }
-                    Ok(())
-                },
-            )
-            .await
+        wait_synced(&self.rtc, NAME, generation, accepted, version, n).await
     }
 
     /// The row of `kubectl get rtc` (the short name, as a user types it), as columns: NAME,
@@ -260,7 +206,7 @@ async fn kubectl_apply_of_the_example_routes_every_data_plane_and_reports_synced
 
     // The control plane's view, like `istioctl proxy-status`: who they are and what they run.
     let user = format!("system:serviceaccount:{}:{SERVICE_ACCOUNT}", f.namespace);
-    let entries = f.cp.wait_state(&DATA_PLANES, "SYNCED", SOON).await;
+    let entries = f.cp.wait_state(&DATA_PLANES, "SYNCED", None, SOON).await;
     for entry in &entries {
         let record = &entry["record"];
         assert_eq!(record["user"], user.as_str(), "{entry}");
@@ -365,7 +311,7 @@ async fn an_invalid_apply_changes_nothing_on_the_data_planes() {
         assert_eq!(config["control_plane"]["connected"], true, "{}: {config}", dp.id);
         assert_eq!(dp.admin.readyz().await.status, 200, "{}", dp.id);
     }
-    let entries = f.cp.wait_state(&DATA_PLANES, "SYNCED", SOON).await;
+    let entries = f.cp.wait_state(&DATA_PLANES, "SYNCED", None, SOON).await;
     for entry in &entries {
         assert_eq!(entry["record"]["acked"]["version"], 1, "{entry}");
         assert_eq!(entry["record"]["nacked"], Value::Null, "{entry}");
@@ -443,7 +389,7 @@ async fn deleting_the_routing_config_leaves_the_data_planes_serving_as_orphans()
     }
     f.assert_steady_routes(&EXAMPLE_ROUTES).await;
     assert_eq!(f.served().await, before, "a data plane changed its table");
-    f.cp.wait_state(&DATA_PLANES, "ORPHANED", SOON).await;
+    f.cp.wait_state(&DATA_PLANES, "ORPHANED", None, SOON).await;
     let snapshots = f.cp.get("/debug/snapshots").await;
     assert!(
         !snapshots.text.contains(&format!("\"{object}\"")),
@@ -478,7 +424,7 @@ async fn deleting_the_routing_config_leaves_the_data_planes_serving_as_orphans()
             dp.id
         );
     }
-    f.cp.wait_state(&DATA_PLANES, "SYNCED", SOON).await;
+    f.cp.wait_state(&DATA_PLANES, "SYNCED", None, SOON).await;
 }
 
 /// The log record of a data plane whose session ended with an error containing `what`.
@@ -631,7 +577,9 @@ async fn token_review_admits_only_cellroute_tokens_of_the_routing_configs_namesp
     )
     .await;
     allowed.wait_routes(&EXAMPLE_ROUTES, K8S_SOON).await;
-    let entries = cross.wait_state(&["dp-intruder-allowed"], "SYNCED", SOON).await;
+    let entries = cross
+        .wait_state(&["dp-intruder-allowed"], "SYNCED", None, SOON)
+        .await;
     assert_eq!(
         entries[0]["record"]["user"],
         intruder_user.as_str(),

@@ -22,6 +22,7 @@
 use std::time::{Duration, Instant};
 
 use cellroute_tests::control_plane::Options;
+use cellroute_tests::example::{self, CELLS, NAME, ROUTES as EXAMPLE_ROUTES};
 use cellroute_tests::fixture::Cells;
 use cellroute_tests::journey::{RestartableControlPlane, wait_synced};
 use cellroute_tests::k8s::{
@@ -34,22 +35,9 @@ use cellroute_tests::wait::{SOON, eventually};
 use kube::ResourceExt;
 use serde_json::Value;
 
-/// The example users apply; the test applies it with its own namespace and cells.
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/routing.yaml");
-/// The object the example defines.
-const NAME: &str = "routes";
 /// The ServiceAccount the data planes run as, in the RoutingConfig's namespace.
 const DP_SERVICE_ACCOUNT: &str = "data-plane";
 const DATA_PLANES: [&str; 2] = ["dp-1", "dp-2"];
-/// The example's cells: each echo cell is named after the placement it serves.
-const CELLS: [&str; 2] = ["tier1", "tier3"];
-/// Where the example sends customers (an unlisted one goes to the default placement).
-const EXAMPLE_ROUTES: [(&str, &str); 4] = [
-    ("acme", "tier1"),
-    ("globex", "tier1"),
-    ("initech", "tier3"),
-    ("unlisted-customer", "tier3"),
-];
 /// After the first edit: globex moves to tier3.
 const EDITED_ROUTES: [(&str, &str); 4] = [
     ("acme", "tier1"),
@@ -165,7 +153,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
         dps.push(follow(&cp.url(), &object, id, &dp_token, dir.path()).await);
     }
     let dp_user = format!("system:serviceaccount:{namespace}:{DP_SERVICE_ACCOUNT}");
-    for entry in cp.wait_state(&DATA_PLANES, "ORPHANED", K8S_SOON).await {
+    for entry in cp.wait_state(&DATA_PLANES, "ORPHANED", None, K8S_SOON).await {
         assert_eq!(entry["record"]["user"], dp_user.as_str(), "{entry}");
     }
     for dp in &dps {
@@ -173,14 +161,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
     }
 
     // 3. `kubectl apply -f examples/routing.yaml`, with only the namespace and endpoints changed.
-    let example = edit(
-        &std::fs::read_to_string(EXAMPLE).unwrap_or_else(|e| panic!("read {EXAMPLE}: {e}")),
-        &[
-            ("namespace: default", &format!("namespace: {namespace}")),
-            ("http://127.0.0.1:9001", &cells.url("tier1")),
-            ("http://127.0.0.1:9003", &cells.url("tier3")),
-        ],
-    );
+    let example = example::localized(&namespace, &cells);
     let out = apply(example.clone()).await;
     assert!(out.contains("created"), "{out}");
     for dp in &dps {
@@ -316,7 +297,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
     for dp in &dps {
         dp.wait_connected(true, K8S_SOON).await;
     }
-    cp.wait_state(&DATA_PLANES, "SYNCED", K8S_SOON).await;
+    cp.wait_state(&DATA_PLANES, "SYNCED", None, K8S_SOON).await;
     // The stored spec is still the invalid generation 3: still rejected, version 2 still served.
     wait_synced(&rtc, NAME, 3, "False", 2, 2).await;
     assert_eq!(
@@ -367,7 +348,7 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
         assert_eq!(config["control_plane"]["connected"], true, "{}: {config}", dp.id);
     }
     assert_steady(&dps, &LAST_ROUTES).await;
-    cp.wait_state(&DATA_PLANES, "ORPHANED", SOON).await;
+    cp.wait_state(&DATA_PLANES, "ORPHANED", None, SOON).await;
     eprintln!("9. orphaned and serving after {:?}", started.elapsed());
 
     // Cluster-scoped leftovers of this test; the namespace stays.
