@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, CAP_GZIP, ClientMessage, Hello, MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH,
-    ServerMessage,
+    CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MissingReason, PROTOCOL_VERSION,
+    SUBSCRIBE_PATH, ServerMessage,
 };
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -207,7 +207,12 @@ async fn session(
         routing_config: settings.routing_config.clone(),
         applied,
         protocol: PROTOCOL_VERSION,
-        capabilities: vec![CAP_FULL_SNAPSHOT.to_owned(), CAP_GZIP.to_owned()],
+        capabilities: vec![
+            CAP_FULL_SNAPSHOT.to_owned(),
+            CAP_GZIP.to_owned(),
+            CAP_TOO_LARGE.to_owned(),
+        ],
+        max_message_bytes: Some(settings.max_message_bytes as u64),
     });
     sink.send(text(&hello)).await?;
     tracing::info!(control_plane = %settings.url, routing_config = %settings.routing_config, "connected to the control plane");
@@ -355,6 +360,22 @@ async fn handle(
             Ok(None)
         }
         ServerMessage::Error { message } => Err(SessionError::Closed(message)),
+        ServerMessage::TooLarge {
+            snapshot,
+            bytes,
+            limit,
+            ..
+        } => {
+            metrics.snapshots_received.inc();
+            metrics.snapshot_nacks.inc();
+            let error = format!(
+                "snapshot version {} is {bytes} bytes, over this data plane's --max-message-bytes {limit}; not applied",
+                snapshot.version
+            );
+            tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
+            state.update_sync(|s| s.last_nack = Some(error.clone()));
+            Ok(Some(ClientMessage::Nack { snapshot, error }))
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! A placement's upstream, pre-parsed when a table is built so requests never parse URLs.
 
+use http::HeaderValue;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Uri};
+use routing_model::endpoint::Endpoint;
 
 use crate::metrics::{Metrics, PlacementMetrics};
 
@@ -32,30 +33,20 @@ pub struct UpstreamError {
 }
 
 impl Upstream {
-    /// Parses a validated endpoint. Validation already checked scheme and host, so failures here
-    /// mean the two URL parsers disagree; they are reported, never panicked on.
+    /// Builds a placement's upstream from its endpoint, parsed with the same
+    /// [`Endpoint::parse`] that validation runs, so an endpoint that validated always builds.
     pub fn new(placement: &str, endpoint: &str, metrics: &Metrics) -> Result<Self, UpstreamError> {
-        let fail = |reason: String| UpstreamError {
+        let parsed = Endpoint::parse(endpoint).map_err(|reason| UpstreamError {
             placement: placement.to_owned(),
             endpoint: endpoint.to_owned(),
             reason,
-        };
-        let uri: Uri = endpoint.parse().map_err(|e| fail(format!("{e}")))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| fail("no scheme".to_owned()))?;
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| fail("no host".to_owned()))?;
-        let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| fail(format!("{e}")))?;
+        })?;
         Ok(Self {
             placement: placement.into(),
-            scheme,
-            authority,
-            base_path: uri.path().trim_end_matches('/').into(),
-            host_header,
+            scheme: parsed.scheme,
+            authority: parsed.authority,
+            base_path: parsed.base_path.into(),
+            host_header: parsed.host_header,
             metrics: metrics.placement(placement),
         })
     }

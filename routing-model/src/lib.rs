@@ -13,6 +13,7 @@
 //! - [`table`]: a [`ValidatedConfig`] compiled into an immutable [`RoutingTable`] whose lookup
 //!   is a single hash probe;
 //! - [`diff`]: what changed between two configs, for audit logs and history;
+//! - [`endpoint`]: endpoint URLs, parsed the one way validation and the proxy both use;
 //! - [`protocol`]: the WebSocket messages between control plane and data planes.
 //!
 //! - [`crd`] (feature `kube`): the `RoutingConfig` custom resource and its status, derived from
@@ -27,6 +28,7 @@ pub mod compression;
 #[cfg(feature = "kube")]
 pub mod crd;
 pub mod diff;
+pub mod endpoint;
 pub mod hash;
 pub mod manifest;
 pub mod parse;

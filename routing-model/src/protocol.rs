@@ -26,9 +26,19 @@ pub const CAP_FULL_SNAPSHOT: &str = "full-snapshot";
 /// Capability: snapshots may arrive as binary messages holding the gzip-compressed bytes of the
 /// same JSON text (see [`crate::compression`]). Every other message stays text.
 pub const CAP_GZIP: &str = "gzip";
-/// Default bound on one message, both directions (for a compressed snapshot: its decompressed
+/// Capability: the data plane understands [`ServerMessage::TooLarge`], sent instead of a snapshot
+/// that would exceed the limit it announced in [`Hello::max_message_bytes`], and NACKs it.
+pub const CAP_TOO_LARGE: &str = "too-large";
+/// Default bound on one control-plane message (for a compressed snapshot: its decompressed
 /// size).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Bound on one data-plane message. Hello, ACK and NACK are small; nothing a data plane sends
+/// needs more, so a peer cannot make the control plane buffer megabytes per connection.
+pub const MAX_CLIENT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest NACK error a data plane sends (it cuts longer ones, saying so).
+pub const MAX_NACK_ERROR_BYTES: usize = 4096;
+/// Longest data-plane id: a Kubernetes object name.
+pub const MAX_DATA_PLANE_ID_BYTES: usize = 253;
 
 /// Identity of one snapshot: which object lineage, which version, which content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +93,10 @@ pub struct Hello {
     /// Message kinds it understands beyond the basics.
     #[serde(default)]
     pub capabilities: Vec<String>,
+    /// The largest message it accepts, in bytes (its `--max-message-bytes`). A control plane
+    /// never sends it a bigger one; with [`CAP_TOO_LARGE`] it says so instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<u64>,
 }
 
 /// Messages from a data plane.
@@ -177,6 +191,104 @@ pub enum ServerMessage {
         /// What went wrong.
         message: String,
     },
+    /// Sent instead of a snapshot that would exceed the data plane's announced limit (only to
+    /// data planes that offered [`CAP_TOO_LARGE`]). The data plane NACKs `snapshot`.
+    TooLarge {
+        /// `namespace/name`.
+        routing_config: String,
+        /// The snapshot that was not sent.
+        snapshot: SnapshotRef,
+        /// Its encoded size, in bytes.
+        bytes: u64,
+        /// The data plane's limit.
+        limit: u64,
+    },
+}
+
+/// A borrowed [`ServerMessage::Snapshot`]: serializes to exactly the same JSON without copying
+/// the spec, so the control plane can size and encode a large table without cloning it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename = "snapshot")]
+pub struct SnapshotMessageRef<'a> {
+    /// `namespace/name`.
+    pub routing_config: &'a str,
+    /// Its identity.
+    pub snapshot: &'a SnapshotRef,
+    /// The routing rules.
+    pub spec: &'a RoutingConfigSpec,
+}
+
+impl SnapshotMessageRef<'_> {
+    /// The JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing strings and maps of strings into a String cannot fail.
+        serde_json::to_string(self).expect("snapshot serializes")
+    }
+
+    /// The length of [`Self::to_json`], computed without building the text.
+    pub fn json_len(&self) -> usize {
+        let mut counter = Counter(0);
+        serde_json::to_writer(&mut counter, self).expect("snapshot serializes");
+        counter.0
+    }
+}
+
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks a data-plane id: a Kubernetes object name (lowercase letters, digits, `-` and `.`,
+/// starting and ending with a letter or digit, at most 253 bytes). The error quotes at most the
+/// first 64 bytes of what was sent.
+pub fn check_data_plane_id(id: &str) -> Result<(), String> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = id.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_DATA_PLANE_ID_BYTES
+        && bytes.iter().all(|&b| alnum(b) || b == b'-' || b == b'.')
+        && alnum(bytes[0])
+        && alnum(bytes[bytes.len() - 1]);
+    if ok {
+        return Ok(());
+    }
+    Err(format!(
+        "data-plane id {:?} ({} bytes) is not a Kubernetes object name: 1-{MAX_DATA_PLANE_ID_BYTES} lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit",
+        truncate(id, 64),
+        id.len()
+    ))
+}
+
+/// The token of an `Authorization` header value, if it uses the `Bearer` scheme. The scheme is
+/// case-insensitive (RFC 9110 section 11.1); the token is what follows the spaces.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_matches(' ');
+    (!token.is_empty()).then_some(token)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` appended when cut, so
+/// what a peer sent can be stored and logged without growing with it.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// Splits `namespace/name`; a bare name means namespace `default`.
@@ -231,12 +343,68 @@ mod tests {
             applied: Some(r("u", 3)),
             protocol: PROTOCOL_VERSION,
             capabilities: vec![CAP_FULL_SNAPSHOT.into()],
+            max_message_bytes: Some(1 << 20),
         });
         let text = serde_json::to_string(&hello).unwrap();
         assert!(text.starts_with(r#"{"type":"hello""#), "{text}");
         assert_eq!(serde_json::from_str::<ClientMessage>(&text).unwrap(), hello);
         let newer = text.replacen('{', r#"{"future_field":1,"#, 1);
         assert_eq!(serde_json::from_str::<ClientMessage>(&newer).unwrap(), hello);
+    }
+
+    #[test]
+    fn a_borrowed_snapshot_serializes_like_the_owned_one() {
+        let spec: RoutingConfigSpec = serde_json::from_str(
+            r#"{"defaultPlacement":"a","customerToPlacement":{"x\\y":"a","é":"a"},"placementToEndpoint":{"a":"http://a"}}"#,
+        )
+        .unwrap();
+        let snapshot = r("u", 7);
+        let owned = serde_json::to_string(&ServerMessage::Snapshot(SnapshotMessage {
+            routing_config: "ns/r".into(),
+            snapshot: snapshot.clone(),
+            spec: spec.clone(),
+        }))
+        .unwrap();
+        let borrowed = SnapshotMessageRef {
+            routing_config: "ns/r",
+            snapshot: &snapshot,
+            spec: &spec,
+        };
+        assert_eq!(borrowed.to_json(), owned);
+        assert_eq!(borrowed.json_len(), owned.len());
+    }
+
+    #[test]
+    fn data_plane_ids_are_kubernetes_names() {
+        for good in ["dp-1", "a", "web-7d9f8-x2k4p", "a.b-c", &"a".repeat(253)] {
+            assert!(check_data_plane_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "Dp", "a_b", "a b", "é", &"a".repeat(254)] {
+            assert!(check_data_plane_id(bad).is_err(), "{bad:?}");
+        }
+        let err = check_data_plane_id(&"X".repeat(1 << 20)).unwrap_err();
+        assert!(
+            err.len() < 400,
+            "the error echoes the whole id: {} bytes",
+            err.len()
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("aéb", 2), "a…");
+        assert_eq!(truncate("abcd", 2), "ab…");
     }
 
     #[test]

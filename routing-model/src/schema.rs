@@ -11,8 +11,10 @@ use crate::validate::{MAX_ENDPOINT_BYTES, MAX_NAME_BYTES, MAX_PLACEMENTS};
 /// object limit binds before this in practice.
 pub const MAX_CRD_CUSTOMERS: usize = 100_000;
 
-/// An http(s) URL with a host and no credentials, query or fragment (validation re-checks it).
-pub const ENDPOINT_PATTERN: &str = r"^https?://[^/?#@\s]+(/[^?#\s]*)?$";
+/// An http(s) URL in printable ASCII with a host and no credentials, query or fragment
+/// (validation re-checks it with the parser the proxy uses).
+pub const ENDPOINT_PATTERN: &str =
+    r"^https?://[\x21-\x22\x24-\x2e\x30-\x3e\x41-\x7e]+(/[\x21-\x22\x24-\x3e\x40-\x7e]*)?$";
 
 /// Schema of `spec.customerToPlacement`.
 pub fn customer_map(_: &mut SchemaGenerator) -> Schema {
@@ -62,4 +64,36 @@ pub fn replica_reports(generator: &mut SchemaGenerator) -> Schema {
         serde_json::json!(["replica"]),
     );
     schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Endpoint;
+
+    /// The CRD's pattern is a first line of defence: it never refuses an endpoint validation
+    /// accepts, and refuses the non-ASCII ones validation refuses.
+    #[test]
+    fn endpoint_pattern_agrees_with_validation() {
+        let pattern = regex::Regex::new(ENDPOINT_PATTERN).unwrap();
+        for good in [
+            "http://h",
+            "https://h:8443/base/x@y",
+            "http://[::1]:80",
+            "http://cell.ns.svc:9001/a/b%20c",
+        ] {
+            assert!(Endpoint::parse(good).is_ok(), "{good}");
+            assert!(pattern.is_match(good), "pattern refuses {good}");
+        }
+        for bad in [
+            "http://bücher.example:9001",
+            "http://h/päth",
+            "http://u@h",
+            "http://h?q",
+            "http://h#f",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+            assert!(!pattern.is_match(bad), "pattern accepts {bad}");
+        }
+    }
 }

@@ -18,8 +18,7 @@ pub const MAX_NAME_BYTES: usize = 253;
 pub const MAX_CUSTOMERS: usize = 10_000_000;
 /// Most placements one RoutingConfig may declare.
 pub const MAX_PLACEMENTS: usize = 1_000;
-/// Longest accepted endpoint URL, in bytes.
-pub const MAX_ENDPOINT_BYTES: usize = 2048;
+pub use crate::endpoint::MAX_ENDPOINT_BYTES;
 
 /// One broken rule, with the path of the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -269,28 +268,9 @@ fn check_header_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Endpoints are parsed exactly as the data plane parses them (see [`crate::endpoint`]).
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    if endpoint.len() > MAX_ENDPOINT_BYTES {
-        return Err(format!("endpoint is over {MAX_ENDPOINT_BYTES} bytes"));
-    }
-    let url = url::Url::parse(endpoint)
-        .map_err(|e| format!("endpoint `{endpoint}` is not an absolute URL: {e}"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "endpoint `{endpoint}` must use http or https, not `{}`",
-            url.scheme()
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("endpoint `{endpoint}` has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("endpoint `{endpoint}` must not carry credentials"));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("endpoint `{endpoint}` must not have a query or fragment"));
-    }
-    Ok(())
+    crate::endpoint::Endpoint::parse(endpoint).map(|_| ())
 }
 
 #[cfg(test)]

@@ -163,6 +163,7 @@ async fn session(
         } else {
             vec![CAP_FULL_SNAPSHOT.to_owned(), CAP_GZIP.to_owned()]
         },
+        max_message_bytes: None,
     });
     sink.send(text(&hello)?).await?;
     drop(permit);

@@ -81,9 +81,7 @@ impl Authenticator {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
+            .and_then(routing_model::protocol::bearer_token);
         match self {
             Self::Anonymous => Ok(Identity {
                 user: token.map_or("anonymous", |_| "anonymous-with-token").to_owned(),

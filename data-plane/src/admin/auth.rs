@@ -76,8 +76,7 @@ impl AdminToken {
         let presented = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(routing_model::protocol::bearer_token)
             .ok_or(AuthError::Missing)?;
         let a = Sha256::digest(presented.as_bytes());
         let b = Sha256::digest(expected.as_bytes());
