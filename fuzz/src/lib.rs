@@ -1,0 +1,134 @@
+//! What the fuzz targets share: structure-aware inputs that reach deep into validation, and the
+//! invariants every accepted input must satisfy.
+//!
+//! A byte-level fuzzer rarely writes a well-formed RoutingConfig, so most of its inputs stop at
+//! the parser. [`Spec`] builds documents from pieces chosen to sit on the boundaries that matter
+//! (multi-byte characters, backslashes, punycode, ports, credentials, header separators), so
+//! validation and the routing table see inputs that are almost valid. [`check_accepted`] holds
+//! every promise an accepted config makes to the rest of cellroute.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use arbitrary::{Arbitrary, Result, Unstructured};
+use routing_model::endpoint::Endpoint;
+use routing_model::{ParseLimits, RoutingTable, ValidatedConfig};
+
+/// Pieces that tend to break parsers and validators.
+const PIECES: &[&str] = &[
+    "", " ", "a", "tier1", "acme", "é", "ü", "\u{7f}", "\u{0}", "\\", "\\\\", "\"", "'", ":", "@",
+    "%", "%41", "%zz", "#", "?", "/", "//", "..", "xn--bcher-kva", "bücher", "[::1]", "0", "65535",
+    "65536", "99999", "-1", "HTTP", "http", "https", "ftp", "http://", "https://", "http://h",
+    "http://127.0.0.1:9001", "http://h:0", "http://u:p@h", "http://h/base/", "http://h?q",
+    "http://h#f", "x-customer-id", "X-Customer-ID", "x customer", "\t", "\n", "\r\n", "&a", "*a",
+    "!tag", "~", "null", "true", "1e9", "- ", "{", "}", "[", "]", "|", ">",
+];
+
+/// A string built from [`PIECES`] and raw arbitrary text.
+pub fn tricky(u: &mut Unstructured<'_>) -> Result<String> {
+    let parts = u.int_in_range(0..=4)?;
+    let mut out = String::new();
+    for _ in 0..parts {
+        if u.ratio(3, 4)? {
+            out.push_str(u.choose(PIECES)?);
+        } else {
+            let raw: String = u.arbitrary()?;
+            out.extend(raw.chars().take(16));
+        }
+    }
+    Ok(out)
+}
+
+/// A RoutingConfig document, as a JSON value, built to be almost valid.
+#[derive(Debug)]
+pub struct Spec(pub serde_json::Value);
+
+impl<'a> Arbitrary<'a> for Spec {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let placements: Vec<String> = (0..u.int_in_range(0..=4)?)
+            .map(|i| if u.ratio(2, 3)? { Ok(format!("p{i}")) } else { tricky(u) })
+            .collect::<Result<_>>()?;
+        let endpoint = |u: &mut Unstructured<'a>| -> Result<String> {
+            Ok(match u.int_in_range(0..=2)? {
+                0 => format!("http://127.0.0.1:{}", u.int_in_range(1..=65535u32)?),
+                1 => format!("{}{}{}", u.choose(&["http://", "https://", ""])?, tricky(u)?, tricky(u)?),
+                _ => tricky(u)?,
+            })
+        };
+        let mut endpoints = serde_json::Map::new();
+        for p in &placements {
+            endpoints.insert(p.clone(), endpoint(u)?.into());
+        }
+        let pick = |u: &mut Unstructured<'a>| -> Result<String> {
+            if !placements.is_empty() && u.ratio(4, 5)? {
+                Ok(u.choose(&placements)?.clone())
+            } else {
+                tricky(u)
+            }
+        };
+        let mut customers = serde_json::Map::new();
+        for i in 0..u.int_in_range(0..=8)? {
+            let id = if u.ratio(1, 2)? { format!("c{i}") } else { tricky(u)? };
+            customers.insert(id, pick(u)?.into());
+        }
+        let mut spec = serde_json::Map::new();
+        spec.insert("defaultPlacement".into(), pick(u)?.into());
+        spec.insert("placementToEndpoint".into(), endpoints.into());
+        if u.ratio(3, 4)? {
+            spec.insert("customerToPlacement".into(), customers.into());
+        }
+        if u.ratio(1, 3)? {
+            spec.insert("customerHeader".into(), tricky(u)?.into());
+        }
+        if u.ratio(1, 10)? {
+            spec.insert(tricky(u)?, tricky(u)?.into());
+        }
+        Ok(Spec(serde_json::json!({
+            "apiVersion": if u.ratio(15, 16)? { "cellroute.dev/v1alpha1".to_owned() } else { tricky(u)? },
+            "kind": "RoutingConfig",
+            "metadata": {"name": "routes", "namespace": "default"},
+            "spec": spec,
+        })))
+    }
+}
+
+/// Parse limits small enough that a run never spends its time on one huge input.
+pub fn limits() -> ParseLimits {
+    ParseLimits { max_bytes: 1 << 20 }
+}
+
+/// Every promise an accepted config makes: its endpoints build upstreams with the parser the
+/// proxy uses, its table routes every listed customer to its placement and everyone else to the
+/// default, and its canonical JSON loads back to the same content hash.
+pub fn check_accepted(config: &ValidatedConfig) {
+    let spec = config.spec();
+    for (placement, endpoint) in &spec.placement_to_endpoint {
+        if let Err(e) = Endpoint::parse(endpoint) {
+            panic!("accepted endpoint {endpoint:?} of {placement:?} does not parse: {e}");
+        }
+    }
+    let table = RoutingTable::build(config, |name, _| name.to_owned());
+    assert_eq!(table.customers(), spec.customer_to_placement.len());
+    for (customer, placement) in &spec.customer_to_placement {
+        let route = table.route(Some(customer.as_bytes()));
+        assert!(route.matched, "{customer:?} is listed but not matched");
+        assert_eq!(&route.placement.payload, placement);
+    }
+    let unlisted = table.route(None);
+    assert_eq!(unlisted.placement.payload, spec.default_placement);
+    let manifest = serde_json::to_vec(&config.to_manifest()).expect("manifest serializes");
+    let again = routing_model::load(&manifest, ParseLimits { max_bytes: usize::MAX })
+        .unwrap_or_else(|e| panic!("an accepted config does not load back from its own JSON: {e}"));
+    assert_eq!(again.hash(), config.hash(), "the hash changed across a JSON round trip");
+}
+
+/// The customer map of an accepted config, for differential lookups.
+pub fn customer_map(config: &ValidatedConfig) -> BTreeMap<Vec<u8>, String> {
+    config
+        .spec()
+        .customer_to_placement
+        .iter()
+        .map(|(c, p)| (c.as_bytes().to_vec(), p.clone()))
+        .collect()
+}
