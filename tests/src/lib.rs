@@ -11,6 +11,7 @@
 //! - [`k8s`]: the Kubernetes API server of the run, its CRD, namespaces and RoutingConfigs;
 //! - [`control_plane`]: the real `control-plane` binary watching that API server;
 //! - [`config`]: render RoutingConfig files and replace them the way editors and kubelet do;
+//! - [`chart`]: the Helm chart rendered directly or from a parent chart, read back as objects;
 //! - [`admin`]: a client for the admin API and a parser for its metrics text;
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
@@ -24,6 +25,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod chart;
 pub mod client;
 pub mod config;
 pub mod control_plane;
