@@ -15,6 +15,7 @@
 //! - [`admin`]: a client for the admin API and a parser for its metrics text;
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
+//! - [`inject`]: the sidecar injector on the API server: the chart's objects and a control plane serving it;
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
@@ -33,6 +34,7 @@ pub mod cp_http;
 pub mod echo;
 pub mod example;
 pub mod fixture;
+pub mod inject;
 pub mod journey;
 pub mod k8s;
 pub mod process;

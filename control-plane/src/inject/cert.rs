@@ -330,7 +330,8 @@ pub fn plan(
         && current.is_some_and(|m| {
             PrivateKeyDer::from_pem_slice(m.key.as_bytes()).is_ok()
                 && info(&m.cert).is_some_and(|i| {
-                    let lifetime = i.not_after - i.not_before;
+                    // Certificates are backdated for clock skew: a third of the validity asked for.
+                    let lifetime = (i.not_after - i.not_before - secs(BACKDATE)).max(1);
                     i.issuer == ca_subject
                         && i.names == wanted
                         && t >= i.not_before
@@ -365,15 +366,15 @@ fn material_of(secret: &Secret) -> Option<Material> {
     })
 }
 
-/// Brings the Secret and the caBundle up to date and returns what to serve.
+/// Brings the Secret up to date and returns what to serve.
 async fn sync_managed(source: &Source, metrics: &Metrics) -> Result<Material, CertError> {
     let Source::Managed {
         client,
         namespace,
         secret,
-        webhook,
         names,
         validity,
+        ..
     } = source
     else {
         unreachable!("sync_managed is only called for a managed source");
@@ -426,9 +427,7 @@ async fn sync_managed(source: &Source, metrics: &Metrics) -> Result<Material, Ce
             }
         }
     }
-    let material = material.ok_or_else(|| CertError::Contended(format!("{namespace}/{secret}")))?;
-    sync_ca_bundle(client, webhook, &material.ca_bundle).await?;
-    Ok(material)
+    material.ok_or_else(|| CertError::Contended(format!("{namespace}/{secret}")))
 }
 
 /// Sets every webhook's `caBundle` of the MutatingWebhookConfiguration `name` to `bundle`,
@@ -474,15 +473,39 @@ fn read(path: &PathBuf) -> Result<String, CertError> {
     })
 }
 
-/// One check: what to serve now.
-async fn sync(source: &Source, metrics: &Metrics) -> Result<(String, String), CertError> {
+/// One check: what to serve now, and the CA bundle to publish (when the control plane makes
+/// the certificate).
+async fn sync(source: &Source, metrics: &Metrics) -> Result<(String, String, Option<String>), CertError> {
     match source {
         Source::Managed { .. } => {
             let m = sync_managed(source, metrics).await?;
-            Ok((m.cert, m.key))
+            Ok((m.cert, m.key, Some(m.ca_bundle)))
         }
-        Source::Files { cert, key } => Ok((read(cert)?, read(key)?)),
+        Source::Files { cert, key } => Ok((read(cert)?, read(key)?, None)),
     }
+}
+
+/// Serves `cert` and `key` unless they are already served, then publishes `ca_bundle`: in this
+/// order, so the API server never trusts a CA before this replica presents what it signed.
+async fn apply(
+    source: &Source,
+    resolver: &Resolver,
+    served: &mut Option<(String, String)>,
+    (cert, key, ca_bundle): (String, String, Option<String>),
+    metrics: &Metrics,
+) -> Result<(), CertError> {
+    let pair = (cert, key);
+    if served.as_ref() != Some(&pair) {
+        resolver.set(&pair.0, &pair.1)?;
+        if let Some(t) = not_after(&pair.0) {
+            metrics.inject_certificate_expiry.set(t);
+        }
+        *served = Some(pair);
+    }
+    if let (Some(bundle), Source::Managed { client, webhook, .. }) = (ca_bundle, source) {
+        sync_ca_bundle(client, webhook, &bundle).await?;
+    }
+    Ok(())
 }
 
 /// Keeps `resolver` serving a valid certificate from `source`, checking every `every` (and
@@ -497,20 +520,13 @@ pub async fn keep(
     let mut served: Option<(String, String)> = None;
     let mut failures = 0u32;
     loop {
-        let wait = match sync(&source, &metrics).await {
-            Ok(pair) => {
+        let result = match sync(&source, &metrics).await {
+            Ok(found) => apply(&source, &resolver, &mut served, found, &metrics).await,
+            Err(e) => Err(e),
+        };
+        let wait = match result {
+            Ok(()) => {
                 failures = 0;
-                if served.as_ref() != Some(&pair) {
-                    match resolver.set(&pair.0, &pair.1) {
-                        Ok(()) => {
-                            if let Some(t) = not_after(&pair.0) {
-                                metrics.inject_certificate_expiry.set(t);
-                            }
-                            served = Some(pair);
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot serve the injector's certificate"),
-                    }
-                }
                 every
             }
             Err(e) => {
