@@ -118,6 +118,79 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Serve the sidecar injector (a mutating admission webhook) over HTTPS on this address.
+    /// Off by default; needs a cluster and --inject-config.
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_LISTEN",
+        requires = "inject_config",
+        conflicts_with = "from_file"
+    )]
+    pub inject_listen: Option<SocketAddr>,
+
+    /// The sidecar the injector adds (YAML; the chart's `<release>-inject` ConfigMap). Read at
+    /// start.
+    #[arg(long, env = "CELLROUTE_INJECT_CONFIG", value_name = "FILE")]
+    pub inject_config: Option<PathBuf>,
+
+    /// MutatingWebhookConfiguration whose caBundle the control plane keeps equal to the CA of
+    /// the certificate it makes.
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_WEBHOOK_CONFIG",
+        value_name = "NAME",
+        requires = "inject_cert_secret",
+        conflicts_with = "inject_tls_cert"
+    )]
+    pub inject_webhook_config: Option<String>,
+
+    /// Secret in the control plane's namespace (--lease-namespace, from POD_NAMESPACE) where it
+    /// keeps the injector's CA and serving certificate; it must exist (the chart creates it).
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_CERT_SECRET",
+        value_name = "NAME",
+        requires = "inject_webhook_config"
+    )]
+    pub inject_cert_secret: Option<String>,
+
+    /// DNS names and IP addresses of the injector's serving certificate, comma-separated (the
+    /// names the API server calls it by).
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_CERT_DNS_NAMES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub inject_cert_dns_names: Vec<String>,
+
+    /// Validity of each serving certificate the control plane makes; renewed when a third is left.
+    #[arg(long, env = "CELLROUTE_INJECT_CERT_VALIDITY", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub inject_cert_validity: Duration,
+
+    /// How often the serving certificate, the Secret and the caBundle are checked.
+    #[arg(long, env = "CELLROUTE_INJECT_CERT_CHECK", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub inject_cert_check: Duration,
+
+    /// Serve the injector with this PEM certificate chain (cert-manager's) instead of making one;
+    /// re-read on every check.
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_TLS_CERT",
+        value_name = "FILE",
+        requires = "inject_tls_key"
+    )]
+    pub inject_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --inject-tls-cert.
+    #[arg(
+        long,
+        env = "CELLROUTE_INJECT_TLS_KEY",
+        value_name = "FILE",
+        requires = "inject_tls_cert"
+    )]
+    pub inject_tls_key: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "CELLROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,

@@ -8,6 +8,7 @@
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
 //! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
 //! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
+//! - [`inject`]: the sidecar injector, a mutating admission webhook on its own HTTPS listener;
 //! - [`metrics`], [`cli`], [`crd`] (the generated CRD), [`run`] (wiring and shutdown).
 
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod cli;
 pub mod crd;
 pub mod http;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod push;

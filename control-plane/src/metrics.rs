@@ -69,6 +69,11 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
+    injections: Family<ResultLabels, Counter>,
+    /// When the injector's serving certificate expires (Unix seconds).
+    pub inject_certificate_expiry: Gauge,
+    /// Serving certificates this replica made for the injector.
+    pub inject_certificate_renewals: Counter,
 }
 
 /// Labels of `cellroute_data_planes`.
@@ -172,6 +177,24 @@ impl Metrics {
             "RoutingConfig status writes (skipped when nothing changed)",
             status_writes.clone(),
         );
+        let injections = Family::<ResultLabels, Counter>::default();
+        let inject_certificate_expiry = Gauge::default();
+        let inject_certificate_renewals = Counter::default();
+        registry.register(
+            "cellroute_injections",
+            "Pods seen by the sidecar injector, by result (injected, not_requested, opted_out, already_injected, host_network, out_of_scope, denied, error)",
+            injections.clone(),
+        );
+        registry.register(
+            "cellroute_inject_certificate_expiry_timestamp_seconds",
+            "When the injector's serving certificate expires (Unix time)",
+            inject_certificate_expiry.clone(),
+        );
+        registry.register(
+            "cellroute_inject_certificate_renewals",
+            "Serving certificates this replica made for the injector",
+            inject_certificate_renewals.clone(),
+        );
         registry.register(
             "cellroute_leader",
             "1 while this replica holds the leader lease and writes status",
@@ -194,6 +217,9 @@ impl Metrics {
             snapshot_compressed_bytes,
             refused,
             data_planes,
+            injections,
+            inject_certificate_expiry,
+            inject_certificate_renewals,
         })
     }
 
@@ -202,6 +228,15 @@ impl Metrics {
         self.reconciles
             .get_or_create(&ResultLabels {
                 result: result.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one pod seen by the injector.
+    pub fn injected(&self, result: &str) {
+        self.injections
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -117,6 +117,21 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     }));
 
+    let inject_task = match (&args.inject_listen, &kube_client) {
+        (Some(_), Some(client)) => Some(
+            crate::inject::start(
+                inject_settings(&args)?,
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        (Some(_), None) => {
+            anyhow::bail!("--inject-listen needs a cluster: it cannot be used with --from-file")
+        }
+        (None, _) => None,
+    };
     let auth = authenticator(&args, kube_client)?;
     let publisher = Publisher::new(store.clone(), metrics.clone());
     tokio::spawn(publisher.clone().run(shutdown.clone()));
@@ -190,6 +205,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("some data-plane sessions did not close within 5s");
     }
+    if let Some(task) = inject_task {
+        task.await
+            .context("injector task failed")?
+            .context("injector server failed")?;
+    }
     http_task
         .await
         .context("http task failed")?
@@ -219,6 +239,57 @@ fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result
             "data planes need a way to authenticate: pass --static-token-file FILE (or --allow-unauthenticated for a local demo)"
         ),
     }
+}
+
+/// The injector's settings from the `--inject-*` flags.
+fn inject_settings(args: &RunArgs) -> anyhow::Result<crate::inject::Settings> {
+    use crate::inject::{CertificateSettings, Settings};
+    let certificate = match (
+        &args.inject_tls_cert,
+        &args.inject_tls_key,
+        &args.inject_webhook_config,
+        &args.inject_cert_secret,
+    ) {
+        (Some(cert), Some(key), _, _) => CertificateSettings::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None, Some(webhook), Some(secret)) => {
+            if args.inject_cert_dns_names.iter().all(|n| n.trim().is_empty()) {
+                anyhow::bail!(
+                    "--inject-cert-dns-names is empty: name the host the API server calls the injector by (the Service's DNS name)"
+                );
+            }
+            CertificateSettings::Managed {
+                namespace: args.lease_namespace.clone(),
+                secret: secret.clone(),
+                webhook: webhook.clone(),
+                names: args
+                    .inject_cert_dns_names
+                    .iter()
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                validity: args.inject_cert_validity,
+            }
+        }
+        _ => anyhow::bail!(
+            "--inject-listen needs a serving certificate: --inject-webhook-config and --inject-cert-secret (the control plane makes it), or --inject-tls-cert and --inject-tls-key"
+        ),
+    };
+    if args.inject_cert_validity < Duration::from_secs(10) {
+        anyhow::bail!("--inject-cert-validity must be at least 10s");
+    }
+    Ok(Settings {
+        listen: args.inject_listen.expect("checked by the caller"),
+        config: args.inject_config.clone().expect("clap requires --inject-config"),
+        certificate,
+        check: args.inject_cert_check.max(Duration::from_millis(100)),
+        // Sidecars outside the watched namespace could not subscribe to anything here, unless
+        // cross-namespace subscriptions are allowed.
+        watch_namespace: args.namespace.clone().filter(|_| !args.allow_cross_namespace),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+    })
 }
 
 fn default_identity() -> String {

@@ -82,11 +82,17 @@ impl ServeListener {
                 .with_no_client_auth()
                 .with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let local = tcp.local_addr().map_err(|e| TlsError::Cert {
+        Self::with_config(tcp, Arc::new(config)).map_err(|e| TlsError::Cert {
             path: cert.display().to_string(),
             why: e.to_string(),
-        })?;
+        })
+    }
+
+    /// Wraps `tcp` in TLS with a ready rustls configuration (for example one whose certificate
+    /// resolver swaps in renewed certificates, as the injector's does).
+    pub fn with_config(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        let acceptor = TlsAcceptor::from(config);
+        let local = tcp.local_addr()?;
         let (tx, accepted) = mpsc::channel(128);
         tokio::spawn(async move {
             loop {

@@ -1,10 +1,12 @@
-//! `crds/routingconfig.yaml` must be exactly what `crdgen` prints: the CRD is generated from the
-//! Rust types and never edited by hand.
+//! The committed CRD files must be exactly what `crdgen` prints: the CRD is generated from the
+//! Rust types and never edited by hand, in either of its two forms.
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[test]
 fn committed_crd_matches_the_generated_one() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/routingconfig.yaml");
-    let committed = std::fs::read_to_string(path).expect("crds/routingconfig.yaml exists");
+    let path = format!("{ROOT}/crds/routingconfig.yaml");
+    let committed = std::fs::read_to_string(&path).expect("crds/routingconfig.yaml exists");
     let generated = control_plane::crd::render();
     assert!(
         committed == generated,
@@ -13,14 +15,26 @@ fn committed_crd_matches_the_generated_one() {
 }
 
 #[test]
-fn chart_ships_the_same_crd() {
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let crd =
-        std::fs::read_to_string(format!("{root}/crds/routingconfig.yaml")).expect("crds/routingconfig.yaml");
-    let chart = std::fs::read_to_string(format!("{root}/charts/cellroute/crds/routingconfig.yaml"))
-        .expect("charts/cellroute/crds/routingconfig.yaml");
+fn chart_template_matches_the_generated_one() {
+    let path = format!("{ROOT}/charts/cellroute/templates/crd-routingconfig.yaml");
+    let committed =
+        std::fs::read_to_string(&path).expect("charts/cellroute/templates/crd-routingconfig.yaml exists");
+    let generated = control_plane::crd::render_chart_template();
     assert!(
-        crd == chart,
-        "charts/cellroute/crds/routingconfig.yaml differs from crds/routingconfig.yaml: copy it over"
+        committed == generated,
+        "charts/cellroute/templates/crd-routingconfig.yaml is stale: run \
+         `cargo run -p control-plane --bin crdgen -- --chart > charts/cellroute/templates/crd-routingconfig.yaml`"
+    );
+}
+
+/// Helm never upgrades a chart's `crds/` directory, so the chart must not have one: the CRD is
+/// a template (see `control_plane::crd`).
+#[test]
+fn chart_has_no_crds_directory() {
+    let dir = std::path::Path::new(ROOT).join("charts/cellroute/crds");
+    assert!(
+        !dir.exists(),
+        "{} exists: Helm installs it once and never upgrades it; the CRD belongs in templates/",
+        dir.display()
     );
 }

@@ -11,9 +11,11 @@
 //! - [`k8s`]: the Kubernetes API server of the run, its CRD, namespaces and RoutingConfigs;
 //! - [`control_plane`]: the real `control-plane` binary watching that API server;
 //! - [`config`]: render RoutingConfig files and replace them the way editors and kubelet do;
+//! - [`chart`]: the Helm chart rendered directly or from a parent chart, read back as objects;
 //! - [`admin`]: a client for the admin API and a parser for its metrics text;
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
+//! - [`inject`]: the sidecar injector on the API server: the chart's objects and a control plane serving it;
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
@@ -24,6 +26,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod chart;
 pub mod client;
 pub mod config;
 pub mod control_plane;
@@ -31,6 +34,7 @@ pub mod cp_http;
 pub mod echo;
 pub mod example;
 pub mod fixture;
+pub mod inject;
 pub mod journey;
 pub mod k8s;
 pub mod process;
