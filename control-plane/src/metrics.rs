@@ -69,6 +69,8 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
+    /// Leases of dead replicas deleted by this replica while it led.
+    pub replica_leases_deleted: Counter,
 }
 
 /// Labels of `cellroute_data_planes`.
@@ -102,6 +104,12 @@ impl Metrics {
         let snapshot_compressed_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let data_planes = Family::<StateLabels, Gauge>::default();
+        let replica_leases_deleted = Counter::default();
+        registry.register(
+            "cellroute_replica_leases_deleted",
+            "Leases of dead control-plane replicas deleted by the leader",
+            replica_leases_deleted.clone(),
+        );
         registry.register(
             "cellroute_data_planes",
             "Data planes known to this replica by state against the served snapshot (synced, stale, rejected, orphaned, disconnected)",
@@ -194,6 +202,7 @@ impl Metrics {
             snapshot_compressed_bytes,
             refused,
             data_planes,
+            replica_leases_deleted,
         })
     }
 

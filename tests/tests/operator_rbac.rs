@@ -44,7 +44,10 @@ const PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
     ("get", "leases.coordination.k8s.io", &["-n", "NS"], true),
     ("create", "leases.coordination.k8s.io", &["-n", "NS"], true),
     ("patch", "leases.coordination.k8s.io", &["-n", "NS"], true),
-    // What it must not do: change what users wrote, read secrets, or reach beyond its Lease.
+    // The leader deletes the Leases of replicas that are gone, found by their label.
+    ("list", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("delete", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    // What it must not do: change what users wrote, read secrets, or reach beyond its namespace.
     ("create", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
     ("update", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
     ("patch", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
@@ -59,8 +62,8 @@ const PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
     ("list", "secrets", &["--all-namespaces"], false),
     ("get", "configmaps", &["-n", "NS"], false),
     ("create", "pods", &["-n", "NS"], false),
-    ("delete", "leases.coordination.k8s.io", &["-n", "NS"], false),
     ("patch", "leases.coordination.k8s.io", &["-n", "default"], false),
+    ("delete", "leases.coordination.k8s.io", &["-n", "default"], false),
     ("delete", "events.events.k8s.io", &["-n", "NS"], false),
     ("*", "*", &["--all-namespaces"], false),
 ];

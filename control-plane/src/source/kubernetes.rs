@@ -20,8 +20,9 @@ use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
 use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
 use routing_model::validate::validate;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use super::replicas::{self, ReplicaSettings};
+use super::replicas::{self, LeaseSweeper, ReplicaSettings};
 use super::{ConfigSource, SourceContext};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::push::registry::Registry;
@@ -93,6 +94,13 @@ impl ConfigSource for KubernetesSource {
                 registry: self.registry.clone(),
                 replica: self.replica.clone(),
             });
+            let sweeper = tokio::spawn(sweep_loop(
+                self.client.clone(),
+                self.replica.clone(),
+                self.leader.clone(),
+                sctx.metrics.clone(),
+                sctx.shutdown.clone(),
+            ));
             let reporter = tokio::spawn(replicas::report_loop(
                 self.client.clone(),
                 reader.clone(),
@@ -117,8 +125,9 @@ impl ConfigSource for KubernetesSource {
                     }
                 })
                 .await;
-            // Its last act removes this replica's entries; let it finish.
+            // Its last act removes this replica's entries (bounded); let it finish.
             let _ = reporter.await;
+            sweeper.abort();
             Ok(())
         }
         .boxed()
@@ -152,6 +161,30 @@ fn event_hook(
             ready.set();
         }
         _ => {}
+    }
+}
+
+/// While this replica leads, deletes the Leases of replicas that are gone, once per Lease
+/// duration.
+async fn sweep_loop(
+    client: Client,
+    settings: ReplicaSettings,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut sweeper = LeaseSweeper::default();
+    let period = Duration::from_secs(settings.lease_duration.max(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        if *leader.borrow() {
+            sweeper.sweep(&client, &settings, &metrics).await;
+        } else {
+            sweeper.reset();
+        }
     }
 }
 
