@@ -6,6 +6,13 @@
 //! Times therefore have whole-second precision (what the apiserver stores), a condition's
 //! `lastTransitionTime` moves only when its `status` changes, and `acceptedAt` is kept while the
 //! served version is the same.
+//!
+//! Conditions follow the Kubernetes API conventions, so tools can trust them: each condition's
+//! `observedGeneration` is the `metadata.generation` it was computed for, and it says something
+//! about *that* generation. `kubectl wait --for=condition=Synced` (which waits until a condition's
+//! `observedGeneration` reaches `metadata.generation` and its status matches) therefore returns
+//! only once the current generation is served and every subscribed data plane applied it; a
+//! rejected generation is `Synced=False`, never the older served version's `True`.
 
 use std::time::SystemTime;
 
@@ -111,7 +118,12 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             format!("generation {} has not been validated yet", input.generation),
         ),
     };
-    let synced = synced_condition(input.data_planes, served.map(|s| s.version));
+    let synced = synced_condition(
+        input.generation,
+        rejection.is_some(),
+        input.data_planes,
+        served.map(|s| s.version),
+    );
     let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
     let conditions = [accepted, synced]
         .into_iter()
@@ -146,13 +158,32 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
     }
 }
 
-fn synced_condition(counts: &Counts, served: Option<i64>) -> Condition {
-    let Some(version) = served else {
+/// `Synced` for `generation`: `True` only when that generation is the served version and every
+/// subscribed data plane applied it.
+fn synced_condition(generation: i64, rejected: bool, counts: &Counts, served: Option<i64>) -> Condition {
+    if rejected {
+        let serving = served.map_or_else(
+            || "nothing is served".to_owned(),
+            |v| {
+                format!(
+                    "data planes stay on generation {v} ({} of {} applied it)",
+                    counts.synced, counts.connected
+                )
+            },
+        );
+        return condition(
+            CONDITION_SYNCED,
+            "False",
+            "GenerationRejected",
+            format!("generation {generation} was rejected (see Accepted) and is not served; {serving}"),
+        );
+    }
+    let Some(version) = served.filter(|v| *v == generation) else {
         return condition(
             CONDITION_SYNCED,
             "Unknown",
             "NoSnapshot",
-            "no valid version to serve yet".to_owned(),
+            format!("generation {generation} is not served yet"),
         );
     };
     if counts.connected == 0 {
@@ -300,7 +331,7 @@ mod tests {
     use super::*;
     use crate::snapshot::{ObjectKey, SnapshotStore};
 
-    fn key() -> ObjectKey {
+    fn object() -> ObjectKey {
         ObjectKey {
             namespace: "ns".into(),
             name: "r".into(),
@@ -322,8 +353,8 @@ mod tests {
     #[test]
     fn recomputing_an_unchanged_object_gives_the_same_status() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "u1", 1, Ok(valid()));
-        let state = store.get(&key()).unwrap();
+        store.offer(&object(), "u1", 1, Ok(valid()));
+        let state = store.get(&object()).unwrap();
         let t0 = SystemTime::now();
         let first = desired(&Input {
             generation: 1,
@@ -351,9 +382,9 @@ mod tests {
     #[test]
     fn rejection_flips_accepted_moves_its_transition_time_and_keeps_the_snapshot() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "u1", 1, Ok(valid()));
+        store.offer(&object(), "u1", 1, Ok(valid()));
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let state = store.get(&key()).unwrap();
+        let state = store.get(&object()).unwrap();
         let first = desired(&Input {
             generation: 1,
             uid: "u1",
@@ -362,8 +393,13 @@ mod tests {
             data_planes: &Counts::default(),
             now: t0,
         });
-        store.offer(&key(), "u1", 2, Err("spec.defaultPlacement: no endpoint".into()));
-        let state = store.get(&key()).unwrap();
+        store.offer(
+            &object(),
+            "u1",
+            2,
+            Err("spec.defaultPlacement: no endpoint".into()),
+        );
+        let state = store.get(&object()).unwrap();
         let second = desired(&Input {
             generation: 2,
             uid: "u1",
@@ -387,9 +423,18 @@ mod tests {
             accepted.last_transition_time,
             first.conditions[0].last_transition_time
         );
-        // Synced did not change status, so its transition time stays.
+        // A rejected generation is never Synced, whatever the fleet runs.
+        let synced = &second.conditions[1];
         assert_eq!(
-            second.conditions[1].last_transition_time,
+            (
+                synced.status.as_str(),
+                synced.reason.as_str(),
+                synced.observed_generation
+            ),
+            ("False", "GenerationRejected", Some(2))
+        );
+        assert_ne!(
+            synced.last_transition_time,
             first.conditions[1].last_transition_time
         );
         let (kept, before) = (
@@ -414,8 +459,8 @@ mod tests {
     #[test]
     fn a_snapshot_of_another_lineage_is_not_reported() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "old-uid", 4, Ok(valid()));
-        let state = store.get(&key()).unwrap();
+        store.offer(&object(), "old-uid", 4, Ok(valid()));
+        let state = store.get(&object()).unwrap();
         let s = desired(&Input {
             generation: 1,
             uid: "new-uid",
@@ -445,17 +490,15 @@ mod synced_tests {
 
     #[test]
     fn synced_reflects_data_plane_reports() {
-        assert_eq!(synced_condition(&counts(0, 0, None), Some(3)).status, "Unknown");
-        assert_eq!(
-            synced_condition(&counts(3, 2, None), Some(3)).reason,
-            "Converging"
-        );
-        let all = synced_condition(&counts(3, 3, None), Some(3));
+        let synced = |c: &Counts| synced_condition(3, false, c, Some(3));
+        assert_eq!(synced(&counts(0, 0, None)).status, "Unknown");
+        assert_eq!(synced(&counts(3, 2, None)).reason, "Converging");
+        let all = synced(&counts(3, 3, None));
         assert_eq!(
             (all.status.as_str(), all.reason.as_str()),
             ("True", "AllDataPlanesSynced")
         );
-        let rejected = synced_condition(&counts(3, 2, Some("too many customers")), Some(3));
+        let rejected = synced(&counts(3, 2, Some("too many customers")));
         assert_eq!(rejected.status, "False");
         assert!(
             rejected.message.contains("too many customers"),
@@ -463,5 +506,34 @@ mod synced_tests {
             rejected.message
         );
         assert_eq!(data_planes_status(&counts(3, 2, None)).summary, "2/3");
+    }
+
+    #[test]
+    fn synced_is_true_only_for_the_served_current_generation() {
+        // Every data plane applied version 3, but generation 4 was rejected.
+        let rejected = synced_condition(4, true, &counts(3, 3, None), Some(3));
+        assert_eq!(
+            (rejected.status.as_str(), rejected.reason.as_str()),
+            ("False", "GenerationRejected")
+        );
+        assert!(
+            rejected.message.contains("generation 3 (3 of 3 applied it)"),
+            "{}",
+            rejected.message
+        );
+        let nothing = synced_condition(1, true, &counts(0, 0, None), None);
+        assert_eq!(
+            (
+                nothing.status.as_str(),
+                nothing.message.contains("nothing is served")
+            ),
+            ("False", true)
+        );
+        // Generation 4 not served yet (not validated): not known to be synced.
+        let pending = synced_condition(4, false, &counts(3, 3, None), Some(3));
+        assert_eq!(
+            (pending.status.as_str(), pending.reason.as_str()),
+            ("Unknown", "NoSnapshot")
+        );
     }
 }

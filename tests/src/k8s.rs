@@ -145,6 +145,19 @@ impl Cluster {
         run_tool(cmd, stdin.map(str::to_owned)).await
     }
 
+    /// Runs kubectl without the per-request timeout [`Cluster::kubectl`] sets, for commands that
+    /// watch and bound themselves (`kubectl wait --timeout=...`); returns its output, whatever
+    /// the exit status.
+    ///
+    /// # Panics
+    ///
+    /// When kubectl cannot be started.
+    pub async fn kubectl_watching(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig);
+        run_tool(cmd, None).await
+    }
+
     /// Runs kubectl and returns its stdout.
     ///
     /// # Panics

@@ -311,7 +311,8 @@ async fn write_status(
     let current = obj.status.as_ref();
     let served = state.served.as_ref().map(|s| s.reference());
     let own = ctx.registry.counts(&key.to_string(), served.as_ref());
-    let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own).await;
+    let served_version = served.as_ref().map(|s| s.version);
+    let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own, served_version).await;
     if !dead.is_empty() {
         replicas::prune(&ctx.client, obj, &dead).await;
     }

@@ -6,6 +6,8 @@
 //! only when its counts change. Each replica also holds a Lease of its own; the status writer
 //! sums the entries of replicas whose Lease is live and removes the entries of replicas whose
 //! Lease expired (a crashed replica's data planes reconnect elsewhere and are counted there).
+//! Each entry names the version its counts are against, so a replica that has not caught up
+//! with a new version yet is never counted as synced on it.
 //!
 //! Replica Leases carry the label [`REPLICA_LEASE_LABEL`]; the leader deletes those that stayed
 //! dead (released, or expired) for a whole Lease duration ([`LeaseSweeper`]), so a Deployment's
@@ -94,9 +96,10 @@ impl ReplicaSettings {
     }
 }
 
-fn report(identity: &str, counts: &Counts) -> ReplicaReport {
+fn report(identity: &str, counts: &Counts, version: Option<i64>) -> ReplicaReport {
     ReplicaReport {
         replica: identity.to_owned(),
+        version,
         connected: counts.connected,
         synced: counts.synced,
         rejected: counts.rejected,
@@ -142,12 +145,13 @@ pub async fn report_loop(
         for obj in reader.state() {
             let Some(key) = ObjectKey::of(&obj) else { continue };
             let counts = local_counts(&store, &registry, &key);
+            let version = store.served_ref(&key).map(|r| r.version);
             let mine = obj
                 .status
                 .as_ref()
                 .and_then(|s| s.data_planes.as_ref())
                 .and_then(|d| d.replicas.iter().find(|r| r.replica == settings.identity));
-            let desired = report(&settings.identity, &counts);
+            let desired = report(&settings.identity, &counts, version);
             let entries = match (mine, counts.connected) {
                 (None, 0) => continue,
                 (Some(current), _) if *current == desired => continue,
@@ -219,12 +223,14 @@ pub async fn is_live(client: &Client, settings: &ReplicaSettings, replica: &str)
 }
 
 /// The totals over this replica's own counts and the live entries of other replicas, and the
-/// names of replicas whose entries are stale.
+/// names of replicas whose entries are stale. An entry against another version than `served`
+/// (its replica has not caught up yet) counts its data planes as connected, not synced.
 pub async fn totals(
     client: &Client,
     settings: &ReplicaSettings,
     obj: &RoutingConfig,
     own: Counts,
+    served: Option<i64>,
 ) -> (Counts, Vec<String>) {
     let mut total = own;
     let mut dead = Vec::new();
@@ -240,6 +246,9 @@ pub async fn totals(
             continue;
         }
         total.connected += entry.connected;
+        if entry.version != served {
+            continue;
+        }
         total.synced += entry.synced;
         total.rejected += entry.rejected;
         if total.last_rejection.is_none()
