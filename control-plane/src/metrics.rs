@@ -69,6 +69,7 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
+    untrusted_status: Family<ReasonLabels, Counter>,
     /// Leases of dead replicas deleted by this replica while it led.
     pub replica_leases_deleted: Counter,
 }
@@ -104,7 +105,13 @@ impl Metrics {
         let snapshot_compressed_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let data_planes = Family::<StateLabels, Gauge>::default();
+        let untrusted_status = Family::<ReasonLabels, Counter>::default();
         let replica_leases_deleted = Counter::default();
+        registry.register(
+            "cellroute_untrusted_status",
+            "Served specs recorded in a RoutingConfig status that were refused (not signed by this control plane, or not an earlier generation), by reason",
+            untrusted_status.clone(),
+        );
         registry.register(
             "cellroute_replica_leases_deleted",
             "Leases of dead control-plane replicas deleted by the leader",
@@ -202,6 +209,7 @@ impl Metrics {
             snapshot_compressed_bytes,
             refused,
             data_planes,
+            untrusted_status,
             replica_leases_deleted,
         })
     }
@@ -218,6 +226,15 @@ impl Metrics {
     /// Counts a refused data-plane connection.
     pub fn refused(&self, reason: &str) {
         self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused served-spec record, by [`crate::served_spec::Untrusted::metric_label`].
+    pub fn untrusted_status(&self, reason: &str) {
+        self.untrusted_status
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })

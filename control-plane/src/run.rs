@@ -31,6 +31,7 @@ use crate::source::file::FileSource;
 use crate::source::kubernetes::{FIELD_MANAGER, KubernetesSource};
 use crate::source::replicas::ReplicaSettings;
 use crate::source::{ConfigSource, Readiness, SourceContext};
+use crate::status_key::{self, StatusKey};
 use crate::tls::{Remote, ServeListener};
 
 /// Runs the control plane until SIGTERM/SIGINT.
@@ -73,6 +74,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 "cannot reach Kubernetes: run in a cluster, set KUBECONFIG, or serve a file with --from-file",
             )?;
             let identity = args.identity.clone().unwrap_or_else(default_identity);
+            let key_secret = status_key::secret_name(&args.lease_name);
+            let status_key = StatusKey::load_or_create(&client, &args.lease_namespace, &key_secret).await?;
+            tracing::info!(secret = %format!("{}/{key_secret}", args.lease_namespace), key_id = status_key.id(), "status key loaded");
             // Half the budget each: release is the last step, and a hung one must leave time.
             let release_timeout = args.shutdown_timeout / 2;
             let (leading, task) = leader::elect(
@@ -121,6 +125,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 reporter: format!("{FIELD_MANAGER}/{identity}"),
                 registry: registry.clone(),
                 replica,
+                status_key: Arc::new(status_key),
             })
         }
     };

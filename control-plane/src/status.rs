@@ -24,7 +24,9 @@ use routing_model::crd::{
 };
 
 use crate::push::registry::Counts;
+use crate::served_spec::ServedRecord;
 use crate::snapshot::ObjectState;
+use crate::status_key::StatusKey;
 
 /// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
 const MAX_MESSAGE: usize = 4096;
@@ -43,6 +45,8 @@ pub struct Input<'a> {
     pub data_planes: &'a Counts,
     /// Now.
     pub now: SystemTime,
+    /// Signs the served spec recorded while the current generation is rejected.
+    pub key: &'a StatusKey,
 }
 
 /// A decision worth an Event: it differs from what the stored status already says.
@@ -143,11 +147,25 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             .and_then(|c| c.snapshot.as_ref())
             .filter(|old| old.version == s.version && old.hash == hash)
             .map(|old| old.accepted_at.clone());
+        // While the current generation is not the served one, the served spec travels in the
+        // status, signed, so a replica started meanwhile can serve it again.
+        let recorded = s.version != input.generation;
+        let signature = recorded.then(|| {
+            ServedRecord {
+                namespace: &s.key.namespace,
+                name: &s.key.name,
+                uid: &s.lineage,
+                version: s.version,
+                hash: &hash,
+            }
+            .sign(input.key)
+        });
         SnapshotStatus {
             version: s.version,
-            hash,
             accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
-            served_spec: (s.version != input.generation).then(|| crate::served_spec::encode(s.config.spec())),
+            served_spec: recorded.then(|| crate::served_spec::encode(s.config.spec())),
+            served_spec_signature: signature,
+            hash,
         }
     });
     RoutingConfigStatus {
@@ -331,6 +349,10 @@ mod tests {
     use super::*;
     use crate::snapshot::{ObjectKey, SnapshotStore};
 
+    fn key() -> StatusKey {
+        StatusKey::from_bytes(&[3; 32])
+    }
+
     fn object() -> ObjectKey {
         ObjectKey {
             namespace: "ns".into(),
@@ -363,6 +385,7 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: t0,
+            key: &key(),
         });
         assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
         assert_eq!(status_of(&first, CONDITION_SYNCED), "Unknown");
@@ -374,6 +397,7 @@ mod tests {
             current: Some(&first),
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(3600),
+            key: &key(),
         });
         assert_eq!(first, later);
         assert_eq!(decision(Some(&first), &later), None);
@@ -392,6 +416,7 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: t0,
+            key: &key(),
         });
         store.offer(
             &object(),
@@ -407,6 +432,7 @@ mod tests {
             current: Some(&first),
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(10),
+            key: &key(),
         });
         let accepted = second
             .conditions
@@ -450,6 +476,17 @@ mod tests {
         assert!(before.served_spec.is_none());
         let carried = crate::served_spec::decode(kept.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
         assert_eq!(&carried, state.served.as_ref().unwrap().config.spec());
+        // Signed, so a replica recovers it, and only for this object.
+        let owner = crate::served_spec::Owner {
+            namespace: "ns",
+            name: "r",
+            uid: "u1",
+            generation: 2,
+        };
+        let recovered = crate::served_spec::recover(&key(), owner, kept, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(recovered.version, 1);
         assert!(matches!(
             decision(Some(&first), &second),
             Some(Decision::Rejected { .. })
@@ -468,6 +505,7 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: SystemTime::now(),
+            key: &key(),
         });
         assert!(s.snapshot.is_none());
         assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");

@@ -55,6 +55,12 @@ pub struct SnapshotStatus {
     /// one started after the rejection, keep serving the last valid version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_spec: Option<String>,
+    /// Present with `servedSpec`: `hmac-sha256:<key id>:<mac>`, the control plane's signature
+    /// over this object's namespace, name, uid, this `version` and `hash`, with a key kept in a
+    /// Secret of the control plane's namespace. A replica recovers `servedSpec` only when the
+    /// signature is its own, so whoever can patch the status cannot choose what is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_spec_signature: Option<String>,
 }
 
 /// Counts of subscribed data planes.

@@ -737,6 +737,11 @@ fn hex(bytes: &[u8]) -> String {
 /// The Helm chart users install.
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
 
+/// The chart's default `controlPlane.leaseName`, which its Deployment passes as `--lease-name`.
+/// A control plane running under the chart's RBAC uses it: the Role lets it read only the status
+/// key Secret named after it (`<lease-name>-status-key`).
+pub const CHART_LEASE_NAME: &str = "cellroute-control-plane";
+
 /// The chart's templates that hold the control plane's identity and permissions.
 pub const RBAC_TEMPLATES: [&str; 3] = [
     "templates/serviceaccount.yaml",
