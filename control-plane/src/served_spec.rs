@@ -125,6 +125,13 @@ pub enum Untrusted {
         /// The recorded hash.
         recorded: String,
     },
+    /// Someone other than the status writer wrote part of `status.snapshot` (found by the
+    /// leader, which removes it and writes what it serves).
+    #[error("status.snapshot was written by {managers}, not by the control plane; removed it")]
+    WrittenByOthers {
+        /// The field managers that own part of it (cut to a sane length).
+        managers: String,
+    },
 }
 
 impl Untrusted {
@@ -137,6 +144,7 @@ impl Untrusted {
             Self::Undecodable(_) => "undecodable",
             Self::Invalid(_) => "invalid_spec",
             Self::HashMismatch { .. } => "hash_mismatch",
+            Self::WrittenByOthers { .. } => "written_by_other_manager",
         }
     }
 }

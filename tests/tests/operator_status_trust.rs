@@ -355,3 +355,99 @@ async fn a_signed_record_with_a_version_above_the_generation_is_refused_and_late
         "the README's signature format does not match what the control plane writes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_leader_removes_a_forged_snapshot_reports_it_and_restores_its_own_record() {
+    let r = Rejected::start("trust-running").await;
+    // A replica that recovers the honest record and leads.
+    let cp = start_replica(&r.cluster, &r.namespace, "cp-1").await;
+    cp.wait_leader(K8S_SOON).await;
+    cp.wait_served(&r.object(), &r.uid, 1).await;
+
+    // The forgery arrives while it runs, serving generation 1 from memory.
+    let evil = evil_spec();
+    r.forge(json!({"servedSpec": encode(&evil), "hash": hash_of(&evil)}))
+        .await;
+    let obj = r
+        .rtc
+        .wait_for("routes", "the leader's own record back in the status", |obj| {
+            // Everything it signed is the honest record again (`acceptedAt` is when this replica
+            // recovered it).
+            match obj.status.as_ref().and_then(|s| s.snapshot.as_ref()) {
+                Some(s)
+                    if (s.version, &s.hash, &s.served_spec, &s.served_spec_signature)
+                        == (
+                            r.recorded.version,
+                            &r.recorded.hash,
+                            &r.recorded.served_spec,
+                            &r.recorded.served_spec_signature,
+                        ) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("snapshot {other:?}")),
+            }
+        })
+        .await;
+    let foreign: Vec<_> = obj
+        .managed_fields()
+        .iter()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:status"))
+                .and_then(|s| s.get("f:snapshot"))
+                .is_some()
+        })
+        .filter_map(|m| m.manager.clone())
+        .filter(|m| m != "cellroute-control-plane")
+        .collect();
+    assert!(foreign.is_empty(), "status.snapshot still owned by {foreign:?}");
+
+    // Reported: metric, audit line naming the writer, Warning Event.
+    assert_eq!(
+        cp.metric(
+            "cellroute_untrusted_status_total",
+            &[("reason", "written_by_other_manager")]
+        )
+        .await,
+        1.0
+    );
+    let record = cp
+        .wait_for_log("the audit line of the removal", K8S_SOON, |r| {
+            field(r, "message") == Some("removed a status.snapshot that another field manager wrote")
+        })
+        .await;
+    assert_eq!(field(&record, "target"), Some("audit"), "{record}");
+    assert!(
+        field(&record, "error").is_some_and(|e| e.contains("kubectl")),
+        "the line names who wrote it: {record}"
+    );
+    eventually(
+        "a Warning Event UntrustedStatus from the leader",
+        K8S_SOON,
+        || async {
+            let events = r.rtc.events_about(&r.uid).await;
+            let found = events.iter().any(|e| {
+                e.reason.as_deref() == Some("UntrustedStatus")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("not by the control plane"))
+            });
+            if found {
+                Ok(())
+            } else {
+                Err(describe_events(&events))
+            }
+        },
+    )
+    .await;
+    // It still serves generation 1, not the forged table.
+    let entry = cp.snapshot_of(&r.object()).await.expect("a snapshot entry");
+    assert_eq!(
+        entry["served"]["hash"],
+        Value::from(r.recorded.hash.as_str()),
+        "{entry}"
+    );
+}

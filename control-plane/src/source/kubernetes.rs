@@ -8,7 +8,9 @@
 //! A replica that starts while an object's current generation is rejected serves the last valid
 //! version recorded in the status, but only a record signed with the control plane's status key
 //! (see [`crate::served_spec`]); any other is refused and reported, by whichever replica finds it,
-//! with an audit log line, `cellroute_untrusted_status_total{reason}` and a Warning Event.
+//! with an audit log line, `cellroute_untrusted_status_total{reason}` and a Warning Event. The
+//! leader also removes (and reports the same way) a `status.snapshot` that another field manager
+//! wrote, then writes what it serves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -322,20 +324,44 @@ async fn report_untrusted(
         }
         refused.insert(key.clone(), fingerprint);
     }
+    emit_untrusted(obj, key, recorded, untrusted, ctx).await;
+}
+
+/// Audit log, metric and Warning Event for one untrusted record.
+async fn emit_untrusted(
+    obj: &RoutingConfig,
+    key: &ObjectKey,
+    recorded: &SnapshotStatus,
+    untrusted: &Untrusted,
+    ctx: &Ctx,
+) {
     let reason = untrusted.metric_label();
     ctx.metrics.untrusted_status(reason);
+    let (message, action, note) = match untrusted {
+        Untrusted::WrittenByOthers { .. } => (
+            "removed a status.snapshot that another field manager wrote",
+            "WriteStatus",
+            format!(
+                "{untrusted}. Only the control plane writes status.snapshot; someone who may patch routingconfigs/status may have forged it"
+            ),
+        ),
+        _ => (
+            "refused the served spec recorded in the status; not serving it",
+            "Recover",
+            format!(
+                "refused status.snapshot as the version to serve: {untrusted}. This control plane did not record it; someone who may patch routingconfigs/status may have forged it"
+            ),
+        ),
+    };
     tracing::warn!(
         target: "audit",
         object = %key,
         reason,
         recorded_version = recorded.version,
         error = %untrusted,
-        "refused the served spec recorded in the status; not serving it"
+        "{message}"
     );
-    let note = format!(
-        "refused status.snapshot as the version to serve: {untrusted}. This control plane did not record it; someone who may patch routingconfigs/status may have forged it"
-    );
-    publish_event(ctx, obj, EventType::Warning, "UntrustedStatus", "Recover", note).await;
+    publish_event(ctx, obj, EventType::Warning, "UntrustedStatus", action, note).await;
 }
 
 async fn write_status(
@@ -367,12 +393,19 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<RoutingConfig> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    if snapshot_written_by_others(obj) {
+    let others = snapshot_writers_besides_us(obj);
+    if !others.is_empty() {
         // Server-side apply never removes fields another manager owns, so a snapshot someone
         // else wrote (a forged record) would outlive this write, or leave a snapshot without
         // the fields this write drops. The snapshot is this control plane's to say: clear it
         // first, then apply what it serves.
         remove_snapshot(&api, key).await?;
+        let untrusted = Untrusted::WrittenByOthers {
+            managers: status::truncate(&others.join(", "), 200),
+        };
+        if let Some(recorded) = current.and_then(|c| c.snapshot.as_ref()) {
+            emit_untrusted(obj, key, recorded, &untrusted, ctx).await;
+        }
     }
     let patch = serde_json::json!({
         "apiVersion": API_VERSION,
@@ -407,16 +440,24 @@ fn same_status(a: &RoutingConfigStatus, b: &RoutingConfigStatus) -> bool {
     sorted(a) == sorted(b)
 }
 
-/// True when a field manager other than the status writer owns part of `status.snapshot`.
-fn snapshot_written_by_others(obj: &RoutingConfig) -> bool {
-    obj.managed_fields().iter().any(|m| {
-        m.manager.as_deref() != Some(FIELD_MANAGER)
-            && m.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:status"))
-                .and_then(|s| s.get("f:snapshot"))
-                .is_some()
-    })
+/// The field managers other than the status writer that own part of `status.snapshot`.
+fn snapshot_writers_besides_us(obj: &RoutingConfig) -> Vec<String> {
+    obj.managed_fields()
+        .iter()
+        .filter(|m| {
+            m.manager.as_deref() != Some(FIELD_MANAGER)
+                && m.fields_v1
+                    .as_ref()
+                    .and_then(|f| f.0.get("f:status"))
+                    .and_then(|s| s.get("f:snapshot"))
+                    .is_some()
+        })
+        .map(|m| {
+            m.manager
+                .clone()
+                .unwrap_or_else(|| "an unnamed manager".to_owned())
+        })
+        .collect()
 }
 
 /// Removes `status.snapshot`, whoever wrote it.
@@ -427,10 +468,7 @@ async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<()
         .patch_status(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
     {
-        Ok(_) => {
-            tracing::info!(target: "audit", object = %key, "removed a status.snapshot written by another field manager");
-            Ok(())
-        }
+        Ok(_) => Ok(()),
         // Already gone (the remove op fails on a missing path): nothing to do.
         Err(kube::Error::Api(status)) if status.code == 422 => Ok(()),
         Err(e) => Err(ReconcileError::Status(key.to_string(), e)),
