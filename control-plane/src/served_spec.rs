@@ -85,7 +85,8 @@ impl ServedRecord<'_> {
     }
 }
 
-/// Why a served spec recorded in the status is not served.
+/// Why a `status.snapshot` is not trusted: a served spec that [`recover`] refuses, or a snapshot
+/// another field manager wrote (found by the status writer).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Untrusted {
     /// `servedSpec` without `servedSpecSignature`.
