@@ -64,6 +64,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration: u64,
 
+    /// Longest a SIGTERM or SIGINT takes to exit. Within it the control plane closes data-plane
+    /// sessions, removes its status entries and releases its Leases; whatever is not done by
+    /// then (the apiserver is unreachable) is left: the Leases expire on their own.
+    #[arg(long, env = "CELLROUTE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
     /// Largest accepted config file for --from-file, in bytes.
     #[arg(long, env = "CELLROUTE_MAX_CONFIG_BYTES", default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]

@@ -6,6 +6,8 @@
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
 //! - [`status`]: what an object's status should say, as a pure function;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
+//! - [`served_spec`] and [`status_key`]: the last valid spec recorded in the status, signed, so a
+//!   replica recovers only what this control plane accepted;
 //! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
 //! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
 //! - [`inject`]: the sidecar injector, a mutating admission webhook on its own HTTPS listener;
@@ -26,5 +28,6 @@ pub mod served_spec;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod status_key;
 pub mod tls;
 pub mod validate_cmd;

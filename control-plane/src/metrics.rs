@@ -74,6 +74,9 @@ pub struct Metrics {
     pub inject_certificate_expiry: Gauge,
     /// Serving certificates this replica made for the injector.
     pub inject_certificate_renewals: Counter,
+    untrusted_status: Family<ReasonLabels, Counter>,
+    /// Leases of dead replicas deleted by this replica while it led.
+    pub replica_leases_deleted: Counter,
 }
 
 /// Labels of `cellroute_data_planes`.
@@ -107,6 +110,18 @@ impl Metrics {
         let snapshot_compressed_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let data_planes = Family::<StateLabels, Gauge>::default();
+        let untrusted_status = Family::<ReasonLabels, Counter>::default();
+        let replica_leases_deleted = Counter::default();
+        registry.register(
+            "cellroute_untrusted_status",
+            "Served specs recorded in a RoutingConfig status that were refused (not signed by this control plane, or not an earlier generation), by reason",
+            untrusted_status.clone(),
+        );
+        registry.register(
+            "cellroute_replica_leases_deleted",
+            "Leases of dead control-plane replicas deleted by the leader",
+            replica_leases_deleted.clone(),
+        );
         registry.register(
             "cellroute_data_planes",
             "Data planes known to this replica by state against the served snapshot (synced, stale, rejected, orphaned, disconnected)",
@@ -220,6 +235,8 @@ impl Metrics {
             injections,
             inject_certificate_expiry,
             inject_certificate_renewals,
+            untrusted_status,
+            replica_leases_deleted,
         })
     }
 
@@ -244,6 +261,15 @@ impl Metrics {
     /// Counts a refused data-plane connection.
     pub fn refused(&self, reason: &str) {
         self.refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused served-spec record, by [`crate::served_spec::Untrusted::metric_label`].
+    pub fn untrusted_status(&self, reason: &str) {
+        self.untrusted_status
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })

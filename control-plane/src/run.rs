@@ -3,6 +3,10 @@
 //! One `CancellationToken` stops the source (the controller or the file watch), the leader
 //! election (releasing the lease) and the HTTP server. Signals are handled here rather than by
 //! `Controller::shutdown_on_signal`, which would take SIGINT/SIGTERM over for the whole process.
+//!
+//! Shutdown is bounded by `--shutdown-timeout`: every step runs against one deadline, and a step
+//! still waiting for an unreachable apiserver then is abandoned (its Lease expires on its own).
+//! The runtime itself gets one more second to drop what is left.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +31,21 @@ use crate::source::file::FileSource;
 use crate::source::kubernetes::{FIELD_MANAGER, KubernetesSource};
 use crate::source::replicas::ReplicaSettings;
 use crate::source::{ConfigSource, Readiness, SourceContext};
+use crate::status_key::{self, StatusKey};
 use crate::tls::{Remote, ServeListener};
 
 /// Runs the control plane until SIGTERM/SIGINT.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("control-plane")
         .build()
-        .context("cannot start the async runtime")?
-        .block_on(serve(args))
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(args));
+    // Tasks abandoned at the deadline (a request to an unreachable apiserver) must not hold the
+    // exit: dropping the runtime would wait for them.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
@@ -65,6 +74,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 "cannot reach Kubernetes: run in a cluster, set KUBECONFIG, or serve a file with --from-file",
             )?;
             let identity = args.identity.clone().unwrap_or_else(default_identity);
+            let key_secret = status_key::secret_name(&args.lease_name);
+            let status_key = StatusKey::load_or_create(&client, &args.lease_namespace, &key_secret).await?;
+            tracing::info!(secret = %format!("{}/{key_secret}", args.lease_namespace), key_id = status_key.id(), "status key loaded");
+            // Half the budget each: release is the last step, and a hung one must leave time.
+            let release_timeout = args.shutdown_timeout / 2;
             let (leading, task) = leader::elect(
                 client.clone(),
                 LeaseSettings {
@@ -72,6 +86,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                     name: args.lease_name.clone(),
                     identity: identity.clone(),
                     duration_secs: args.lease_duration,
+                    release_timeout,
+                    labels: Default::default(),
                 },
                 metrics.clone(),
                 shutdown.clone(),
@@ -94,6 +110,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                         name: replica.lease_of(&identity),
                         identity: identity.clone(),
                         duration_secs: args.lease_duration,
+                        release_timeout,
+                        labels: replica.lease_labels(),
                     },
                     shutdown.clone(),
                 )
@@ -107,6 +125,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
                 reporter: format!("{FIELD_MANAGER}/{identity}"),
                 registry: registry.clone(),
                 replica,
+                status_key: Arc::new(status_key),
             })
         }
     };
@@ -185,38 +204,73 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         _ = int.recv() => None,
         result = &mut source_task => Some(result),
     };
-    tracing::info!("shutting down");
+    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down");
     shutdown.cancel();
-    let source_result = match source_result {
-        Some(r) => r,
-        None => source_task.await,
-    };
-    if let Some(task) = leader_task {
-        let _ = task.await;
-    }
-    if let Some(task) = own_lease_task {
-        let _ = task.await;
-    }
+    let deadline = tokio::time::Instant::now() + args.shutdown_timeout;
     // axum's graceful shutdown does not wait for WebSocket sessions; they watch the same token.
     sessions.close();
-    if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some data-plane sessions did not close within 5s");
+    let sessions_closed = async {
+        let bound = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
+        if tokio::time::timeout_at(bound, sessions.wait()).await.is_err() {
+            tracing::warn!("some data-plane sessions did not close within 5s");
+        }
+    };
+    // Every step runs at once against the one deadline.
+    let (source_result, leader_done, own_lease_done, http_result, ()) = tokio::join!(
+        bounded(deadline, "the RoutingConfig source", async {
+            match source_result {
+                Some(r) => r,
+                None => (&mut source_task).await,
+            }
+        }),
+        bounded(deadline, "the leader lease", join_opt(leader_task)),
+        bounded(deadline, "the replica lease", join_opt(own_lease_task)),
+        bounded(deadline, "the HTTP server", http_task),
+        sessions_closed,
+    );
+    let _ = (leader_done, own_lease_done);
+    source_task.abort();
+    if let Some(result) = http_result {
+        result
+            .context("http task failed")?
+            .context("http server failed")?;
     }
-    if let Some(task) = inject_task {
-        task.await
+    if let Some(result) = source_result {
+        result.context("source task failed")??;
+    }
+    if let Some(task) = inject_task
+        && let Some(result) = bounded(deadline, "the injector", task).await
+    {
+        result
             .context("injector task failed")?
             .context("injector server failed")?;
     }
-    http_task
-        .await
-        .context("http task failed")?
-        .context("http server failed")?;
-    source_result.context("source task failed")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `step` if it finishes by `deadline`; `None` (and a warning naming it) otherwise.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(done) => Some(done),
+        Err(_) => {
+            tracing::warn!(
+                step = what,
+                "shutdown step did not finish within --shutdown-timeout; exiting without it"
+            );
+            None
+        }
+    }
+}
+
+async fn join_opt(task: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = task {
+        let _ = task.await;
+    }
 }
 
 /// Picks how data planes authenticate: a static token file, TokenReview in a cluster, or (when

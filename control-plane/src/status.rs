@@ -6,6 +6,13 @@
 //! Times therefore have whole-second precision (what the apiserver stores), a condition's
 //! `lastTransitionTime` moves only when its `status` changes, and `acceptedAt` is kept while the
 //! served version is the same.
+//!
+//! Conditions follow the Kubernetes API conventions, so tools can trust them: each condition's
+//! `observedGeneration` is the `metadata.generation` it was computed for, and it says something
+//! about *that* generation. `kubectl wait --for=condition=Synced` (which waits until a condition's
+//! `observedGeneration` reaches `metadata.generation` and its status matches) therefore returns
+//! only once the current generation is served and every subscribed data plane applied it; a
+//! rejected generation is `Synced=False`, never the older served version's `True`.
 
 use std::time::SystemTime;
 
@@ -17,7 +24,9 @@ use routing_model::crd::{
 };
 
 use crate::push::registry::Counts;
+use crate::served_spec::ServedRecord;
 use crate::snapshot::ObjectState;
+use crate::status_key::StatusKey;
 
 /// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
 const MAX_MESSAGE: usize = 4096;
@@ -36,6 +45,8 @@ pub struct Input<'a> {
     pub data_planes: &'a Counts,
     /// Now.
     pub now: SystemTime,
+    /// Signs the served spec recorded while the current generation is rejected.
+    pub key: &'a StatusKey,
 }
 
 /// A decision worth an Event: it differs from what the stored status already says.
@@ -111,7 +122,12 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             format!("generation {} has not been validated yet", input.generation),
         ),
     };
-    let synced = synced_condition(input.data_planes, served.map(|s| s.version));
+    let synced = synced_condition(
+        input.generation,
+        rejection.is_some(),
+        input.data_planes,
+        served.map(|s| s.version),
+    );
     let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
     let conditions = [accepted, synced]
         .into_iter()
@@ -131,11 +147,25 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             .and_then(|c| c.snapshot.as_ref())
             .filter(|old| old.version == s.version && old.hash == hash)
             .map(|old| old.accepted_at.clone());
+        // While the current generation is not the served one, the served spec travels in the
+        // status, signed, so a replica started meanwhile can serve it again.
+        let recorded = s.version != input.generation;
+        let signature = recorded.then(|| {
+            ServedRecord {
+                namespace: &s.key.namespace,
+                name: &s.key.name,
+                uid: &s.lineage,
+                version: s.version,
+                hash: &hash,
+            }
+            .sign(input.key)
+        });
         SnapshotStatus {
             version: s.version,
-            hash,
             accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
-            served_spec: (s.version != input.generation).then(|| crate::served_spec::encode(s.config.spec())),
+            served_spec: recorded.then(|| crate::served_spec::encode(s.config.spec())),
+            served_spec_signature: signature,
+            hash,
         }
     });
     RoutingConfigStatus {
@@ -146,13 +176,32 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
     }
 }
 
-fn synced_condition(counts: &Counts, served: Option<i64>) -> Condition {
-    let Some(version) = served else {
+/// `Synced` for `generation`: `True` only when that generation is the served version and every
+/// subscribed data plane applied it.
+fn synced_condition(generation: i64, rejected: bool, counts: &Counts, served: Option<i64>) -> Condition {
+    if rejected {
+        let serving = served.map_or_else(
+            || "nothing is served".to_owned(),
+            |v| {
+                format!(
+                    "data planes stay on generation {v} ({} of {} applied it)",
+                    counts.synced, counts.connected
+                )
+            },
+        );
+        return condition(
+            CONDITION_SYNCED,
+            "False",
+            "GenerationRejected",
+            format!("generation {generation} was rejected (see Accepted) and is not served; {serving}"),
+        );
+    }
+    let Some(version) = served.filter(|v| *v == generation) else {
         return condition(
             CONDITION_SYNCED,
             "Unknown",
             "NoSnapshot",
-            "no valid version to serve yet".to_owned(),
+            format!("generation {generation} is not served yet"),
         );
     };
     if counts.connected == 0 {
@@ -300,7 +349,11 @@ mod tests {
     use super::*;
     use crate::snapshot::{ObjectKey, SnapshotStore};
 
-    fn key() -> ObjectKey {
+    fn key() -> StatusKey {
+        StatusKey::from_bytes(&[3; 32])
+    }
+
+    fn object() -> ObjectKey {
         ObjectKey {
             namespace: "ns".into(),
             name: "r".into(),
@@ -322,8 +375,8 @@ mod tests {
     #[test]
     fn recomputing_an_unchanged_object_gives_the_same_status() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "u1", 1, Ok(valid()));
-        let state = store.get(&key()).unwrap();
+        store.offer(&object(), "u1", 1, Ok(valid()));
+        let state = store.get(&object()).unwrap();
         let t0 = SystemTime::now();
         let first = desired(&Input {
             generation: 1,
@@ -332,6 +385,7 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: t0,
+            key: &key(),
         });
         assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
         assert_eq!(status_of(&first, CONDITION_SYNCED), "Unknown");
@@ -343,6 +397,7 @@ mod tests {
             current: Some(&first),
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(3600),
+            key: &key(),
         });
         assert_eq!(first, later);
         assert_eq!(decision(Some(&first), &later), None);
@@ -351,9 +406,9 @@ mod tests {
     #[test]
     fn rejection_flips_accepted_moves_its_transition_time_and_keeps_the_snapshot() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "u1", 1, Ok(valid()));
+        store.offer(&object(), "u1", 1, Ok(valid()));
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let state = store.get(&key()).unwrap();
+        let state = store.get(&object()).unwrap();
         let first = desired(&Input {
             generation: 1,
             uid: "u1",
@@ -361,9 +416,15 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: t0,
+            key: &key(),
         });
-        store.offer(&key(), "u1", 2, Err("spec.defaultPlacement: no endpoint".into()));
-        let state = store.get(&key()).unwrap();
+        store.offer(
+            &object(),
+            "u1",
+            2,
+            Err("spec.defaultPlacement: no endpoint".into()),
+        );
+        let state = store.get(&object()).unwrap();
         let second = desired(&Input {
             generation: 2,
             uid: "u1",
@@ -371,6 +432,7 @@ mod tests {
             current: Some(&first),
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(10),
+            key: &key(),
         });
         let accepted = second
             .conditions
@@ -387,9 +449,18 @@ mod tests {
             accepted.last_transition_time,
             first.conditions[0].last_transition_time
         );
-        // Synced did not change status, so its transition time stays.
+        // A rejected generation is never Synced, whatever the fleet runs.
+        let synced = &second.conditions[1];
         assert_eq!(
-            second.conditions[1].last_transition_time,
+            (
+                synced.status.as_str(),
+                synced.reason.as_str(),
+                synced.observed_generation
+            ),
+            ("False", "GenerationRejected", Some(2))
+        );
+        assert_ne!(
+            synced.last_transition_time,
             first.conditions[1].last_transition_time
         );
         let (kept, before) = (
@@ -405,6 +476,17 @@ mod tests {
         assert!(before.served_spec.is_none());
         let carried = crate::served_spec::decode(kept.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
         assert_eq!(&carried, state.served.as_ref().unwrap().config.spec());
+        // Signed, so a replica recovers it, and only for this object.
+        let owner = crate::served_spec::Owner {
+            namespace: "ns",
+            name: "r",
+            uid: "u1",
+            generation: 2,
+        };
+        let recovered = crate::served_spec::recover(&key(), owner, kept, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(recovered.version, 1);
         assert!(matches!(
             decision(Some(&first), &second),
             Some(Decision::Rejected { .. })
@@ -414,8 +496,8 @@ mod tests {
     #[test]
     fn a_snapshot_of_another_lineage_is_not_reported() {
         let store = SnapshotStore::default();
-        store.offer(&key(), "old-uid", 4, Ok(valid()));
-        let state = store.get(&key()).unwrap();
+        store.offer(&object(), "old-uid", 4, Ok(valid()));
+        let state = store.get(&object()).unwrap();
         let s = desired(&Input {
             generation: 1,
             uid: "new-uid",
@@ -423,6 +505,7 @@ mod tests {
             current: None,
             data_planes: &Counts::default(),
             now: SystemTime::now(),
+            key: &key(),
         });
         assert!(s.snapshot.is_none());
         assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");
@@ -445,17 +528,15 @@ mod synced_tests {
 
     #[test]
     fn synced_reflects_data_plane_reports() {
-        assert_eq!(synced_condition(&counts(0, 0, None), Some(3)).status, "Unknown");
-        assert_eq!(
-            synced_condition(&counts(3, 2, None), Some(3)).reason,
-            "Converging"
-        );
-        let all = synced_condition(&counts(3, 3, None), Some(3));
+        let synced = |c: &Counts| synced_condition(3, false, c, Some(3));
+        assert_eq!(synced(&counts(0, 0, None)).status, "Unknown");
+        assert_eq!(synced(&counts(3, 2, None)).reason, "Converging");
+        let all = synced(&counts(3, 3, None));
         assert_eq!(
             (all.status.as_str(), all.reason.as_str()),
             ("True", "AllDataPlanesSynced")
         );
-        let rejected = synced_condition(&counts(3, 2, Some("too many customers")), Some(3));
+        let rejected = synced(&counts(3, 2, Some("too many customers")));
         assert_eq!(rejected.status, "False");
         assert!(
             rejected.message.contains("too many customers"),
@@ -463,5 +544,34 @@ mod synced_tests {
             rejected.message
         );
         assert_eq!(data_planes_status(&counts(3, 2, None)).summary, "2/3");
+    }
+
+    #[test]
+    fn synced_is_true_only_for_the_served_current_generation() {
+        // Every data plane applied version 3, but generation 4 was rejected.
+        let rejected = synced_condition(4, true, &counts(3, 3, None), Some(3));
+        assert_eq!(
+            (rejected.status.as_str(), rejected.reason.as_str()),
+            ("False", "GenerationRejected")
+        );
+        assert!(
+            rejected.message.contains("generation 3 (3 of 3 applied it)"),
+            "{}",
+            rejected.message
+        );
+        let nothing = synced_condition(1, true, &counts(0, 0, None), None);
+        assert_eq!(
+            (
+                nothing.status.as_str(),
+                nothing.message.contains("nothing is served")
+            ),
+            ("False", true)
+        );
+        // Generation 4 not served yet (not validated): not known to be synced.
+        let pending = synced_condition(4, false, &counts(3, 3, None), Some(3));
+        assert_eq!(
+            (pending.status.as_str(), pending.reason.as_str()),
+            ("Unknown", "NoSnapshot")
+        );
     }
 }

@@ -13,7 +13,9 @@ pub use crate::manifest::RoutingConfig;
 
 /// Condition type: whether the control plane accepted the object's current generation.
 pub const CONDITION_ACCEPTED: &str = "Accepted";
-/// Condition type: whether every subscribed data plane applied the served snapshot.
+/// Condition type: whether the object's current generation is served and every subscribed
+/// data plane applied it. `True` only then, so `kubectl wait --for=condition=Synced` returns
+/// once the fleet runs what was last applied; a rejected generation is never `Synced`.
 pub const CONDITION_SYNCED: &str = "Synced";
 
 /// What the control plane decided about a RoutingConfig, and how far the fleet got.
@@ -23,8 +25,9 @@ pub struct RoutingConfigStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (the current generation passed validation) and `Synced` (every subscribed
-    /// data plane applied the served snapshot).
+    /// `Accepted` (the current generation passed validation) and `Synced` (the current
+    /// generation is served and every subscribed data plane applied it). Each condition's
+    /// `observedGeneration` is the `metadata.generation` it was computed for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
@@ -52,6 +55,12 @@ pub struct SnapshotStatus {
     /// one started after the rejection, keep serving the last valid version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_spec: Option<String>,
+    /// Present with `servedSpec`: `hmac-sha256:<key id>:<mac>`, the control plane's signature
+    /// over this object's namespace, name, uid, this `version` and `hash`, with a key kept in a
+    /// Secret of the control plane's namespace. A replica recovers `servedSpec` only when the
+    /// signature is its own, so whoever can patch the status cannot choose what is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_spec_signature: Option<String>,
 }
 
 /// Counts of subscribed data planes.
@@ -83,6 +92,10 @@ pub struct DataPlanesStatus {
 pub struct ReplicaReport {
     /// The replica's identity (its pod name).
     pub replica: String,
+    /// The version its counts are against (the snapshot it serves). The status writer counts
+    /// an entry as synced only when this is the version being reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
     /// Data planes connected to it.
     pub connected: i64,
     /// Of those, how many applied the served version.

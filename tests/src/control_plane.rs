@@ -83,6 +83,21 @@ impl ControlPlane {
         }
     }
 
+    /// [`ControlPlane::start`] with `extra` flags.
+    pub async fn start_with(options: &Options, extra: &[&str]) -> Self {
+        let (process, addr) = spawn(options, "127.0.0.1:0", extra).await;
+        Self {
+            process,
+            identity: options.identity.clone(),
+            http: CpHttp::new(addr, &options.identity),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit, and returns its status.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.process.wait_for_exit(timeout).await
+    }
+
     /// Starts the control plane and waits until `/readyz` answers 200 (its first list is done).
     pub async fn start_ready(options: &Options) -> Self {
         let cp = Self::start(options).await;

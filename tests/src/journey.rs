@@ -10,7 +10,9 @@ use crate::k8s::{K8S_SOON, RoutingConfigs, condition};
 use crate::process::Process;
 
 /// Waits until the status of `name` describes `generation` with `Accepted` = `accepted`, serves
-/// `version`, and says all `n` data planes applied it (`Synced` True, `dataPlanes` n/n).
+/// `version`, and says all `n` data planes applied it (`dataPlanes` n/n). `Synced` is `True` for
+/// `generation` when it was accepted; a rejected generation is never synced, so then it is
+/// `False` (`GenerationRejected`) for `generation`, whatever the data planes run.
 pub async fn wait_synced(
     rtc: &RoutingConfigs,
     name: &str,
@@ -31,8 +33,16 @@ pub async fn wait_synced(
                 Some(c) if c.status == accepted && c.observed_generation == Some(generation) => {}
                 other => return Err(format!("Accepted: {other:?}")),
             }
+            let (synced, reason) = if accepted == "True" {
+                ("True", "AllDataPlanesSynced")
+            } else {
+                ("False", "GenerationRejected")
+            };
             match condition(status, "Synced") {
-                Some(c) if c.status == "True" && c.reason == "AllDataPlanesSynced" => {}
+                Some(c)
+                    if c.status == synced
+                        && c.reason == reason
+                        && c.observed_generation == Some(generation) => {}
                 other => return Err(format!("Synced: {other:?}")),
             }
             if status.snapshot.as_ref().map(|s| s.version) != Some(version) {

@@ -145,6 +145,19 @@ impl Cluster {
         run_tool(cmd, stdin.map(str::to_owned)).await
     }
 
+    /// Runs kubectl without the per-request timeout [`Cluster::kubectl`] sets, for commands that
+    /// watch and bound themselves (`kubectl wait --timeout=...`); returns its output, whatever
+    /// the exit status.
+    ///
+    /// # Panics
+    ///
+    /// When kubectl cannot be started.
+    pub async fn kubectl_watching(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig);
+        run_tool(cmd, None).await
+    }
+
     /// Runs kubectl and returns its stdout.
     ///
     /// # Panics
@@ -634,6 +647,55 @@ pub async fn write_token_kubeconfig(cluster: &Cluster, token: &str, namespace: &
     path
 }
 
+/// The admin kubeconfig of `cluster`'s current context, as JSON, with its credentials.
+async fn admin_kubeconfig(cluster: &Cluster) -> Value {
+    let view: Value = serde_json::from_str(
+        &cluster
+            .kubectl_ok(&["config", "view", "--raw", "--minify", "-o", "json"], None)
+            .await,
+    )
+    .expect("kubectl config view prints JSON");
+    assert!(
+        view["clusters"][0]["cluster"]["server"].is_string(),
+        "no server in the current context: {view}"
+    );
+    view
+}
+
+/// The address of the API server of `cluster`'s current context (`https://IP:PORT`).
+///
+/// # Panics
+///
+/// When the server is not an `https://IP:PORT` URL.
+pub async fn apiserver_addr(cluster: &Cluster) -> std::net::SocketAddr {
+    let view = admin_kubeconfig(cluster).await;
+    let server = view["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    server
+        .strip_prefix("https://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("the API server {server:?} is not https://IP:PORT"))
+}
+
+/// Writes a copy of the admin kubeconfig that reaches the API server through `via` (a relay in
+/// front of it, on the same IP so the server certificate still matches) into `dir`, and returns
+/// its path.
+///
+/// # Panics
+///
+/// When the kubeconfig cannot be read or written.
+pub async fn write_kubeconfig_via(cluster: &Cluster, via: std::net::SocketAddr, dir: &Path) -> PathBuf {
+    let mut view = admin_kubeconfig(cluster).await;
+    view["clusters"][0]["cluster"]["server"] = Value::from(format!("https://{via}"));
+    let path = dir.join("kubeconfig-via-relay");
+    std::fs::write(&path, serde_json::to_vec_pretty(&view).expect("kubeconfig JSON"))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}
+
 /// Runs a command to completion on the blocking pool, with `stdin` fed to it.
 async fn run_tool(mut cmd: Command, stdin: Option<String>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -674,6 +736,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The Helm chart users install.
 pub const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/cellroute");
+
+/// The chart's default `controlPlane.leaseName`, which its Deployment passes as `--lease-name`.
+/// A control plane running under the chart's RBAC uses it: the Role lets it read only the status
+/// key Secret named after it (`<lease-name>-status-key`).
+pub const CHART_LEASE_NAME: &str = "cellroute-control-plane";
 
 /// The chart's templates that hold the control plane's identity and permissions.
 pub const RBAC_TEMPLATES: [&str; 3] = [

@@ -103,6 +103,20 @@ impl Relay {
     pub fn thaw(&self) {
         self.process.signal(rustix::process::Signal::CONT);
     }
+
+    /// Kills the relay: its port refuses connections and open ones are reset (the target is
+    /// gone, not silent).
+    ///
+    /// # Panics
+    ///
+    /// When it does not exit within 5 s of SIGKILL.
+    pub async fn kill(&mut self) {
+        self.process.signal(rustix::process::Signal::KILL);
+        self.process
+            .wait_for_exit(std::time::Duration::from_secs(5))
+            .await
+            .expect("the relay exits on SIGKILL");
+    }
 }
 
 impl Drop for Relay {

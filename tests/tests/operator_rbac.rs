@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use cellroute_tests::control_plane::{ControlPlane, Options};
 use cellroute_tests::k8s::{
-    Cluster, K8S_SOON, RBAC_TEMPLATES, RoutingConfigs, TEST_FIELD_MANAGER, client_for, condition_of,
-    render_chart, spec, status_code, unique_suffix, write_token_kubeconfig,
+    CHART_LEASE_NAME, Cluster, K8S_SOON, RBAC_TEMPLATES, RoutingConfigs, TEST_FIELD_MANAGER, client_for,
+    condition_of, render_chart, spec, status_code, unique_suffix, write_token_kubeconfig,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -44,7 +44,19 @@ const PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
     ("get", "leases.coordination.k8s.io", &["-n", "NS"], true),
     ("create", "leases.coordination.k8s.io", &["-n", "NS"], true),
     ("patch", "leases.coordination.k8s.io", &["-n", "NS"], true),
-    // What it must not do: change what users wrote, read secrets, or reach beyond its Lease.
+    // The leader deletes the Leases of replicas that are gone, found by their label.
+    ("list", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("delete", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    // The status key: created on first start, then read by name, and no other Secret.
+    ("create", "secrets", &["-n", "NS"], true),
+    (
+        "get",
+        "secrets/cellroute-control-plane-status-key",
+        &["-n", "NS"],
+        true,
+    ),
+    // What it must not do: change what users wrote, read other secrets, or reach beyond its
+    // namespace.
     ("create", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
     ("update", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
     ("patch", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
@@ -56,11 +68,18 @@ const PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
         false,
     ),
     ("get", "secrets", &["-n", "NS"], false),
+    ("get", "secrets/another-secret", &["-n", "NS"], false),
+    ("list", "secrets", &["-n", "NS"], false),
+    ("watch", "secrets", &["-n", "NS"], false),
+    ("update", "secrets", &["-n", "NS"], false),
+    ("patch", "secrets", &["-n", "NS"], false),
+    ("delete", "secrets", &["-n", "NS"], false),
     ("list", "secrets", &["--all-namespaces"], false),
+    ("create", "secrets", &["-n", "default"], false),
     ("get", "configmaps", &["-n", "NS"], false),
     ("create", "pods", &["-n", "NS"], false),
-    ("delete", "leases.coordination.k8s.io", &["-n", "NS"], false),
     ("patch", "leases.coordination.k8s.io", &["-n", "default"], false),
+    ("delete", "leases.coordination.k8s.io", &["-n", "default"], false),
     ("delete", "events.events.k8s.io", &["-n", "NS"], false),
     ("*", "*", &["--all-namespaces"], false),
 ];
@@ -150,9 +169,11 @@ async fn control_plane_works_with_exactly_the_charts_rbac_and_no_more() {
         wrong.join("\n")
     );
 
-    // The control plane does its whole job with that token.
+    // The control plane does its whole job with that token, under the chart's Lease name
+    // (which names the status key Secret the Role lets it read).
     let options = Options {
         kubeconfig: kubeconfig.clone().into_os_string(),
+        lease_name: CHART_LEASE_NAME.to_owned(),
         ..Options::new(&cluster, &namespace, "cp-sa")
     };
     let cp = ControlPlane::start_ready(&options).await;
@@ -281,6 +302,7 @@ async fn without_the_cluster_role_the_control_plane_stays_unready() {
 
     let options = Options {
         kubeconfig: kubeconfig.into_os_string(),
+        lease_name: CHART_LEASE_NAME.to_owned(),
         ..Options::new(&cluster, &namespace, "cp-unready")
     };
     let cp = ControlPlane::start(&options).await;

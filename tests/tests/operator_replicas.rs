@@ -209,6 +209,16 @@ async fn restarted_control_plane_still_serves_the_last_good_snapshot_of_a_reject
          invalid; /debug/snapshots has {entry:?}",
         snapshot.hash
     );
+    // It did so because the record carries this control plane's signature, and found nothing
+    // to distrust.
+    assert!(snapshot.served_spec_signature.is_some(), "{snapshot:?}");
+    cp.wait_for_log("the recovery audit line", K8S_SOON, |r| {
+        field(r, "target") == Some("audit")
+            && field(r, "message").is_some_and(|m| m.starts_with("recovered the last valid version"))
+            && r["version"] == 1
+    })
+    .await;
+    assert_eq!(cp.metric("cellroute_untrusted_status_total", &[]).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

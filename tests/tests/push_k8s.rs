@@ -274,10 +274,11 @@ async fn an_invalid_apply_changes_nothing_on_the_data_planes() {
             "the rejection must name the field: {accepted:?}"
         );
         eprintln!("Accepted: {} ({})", accepted.status, accepted.message);
-        // Synced still describes the version being served, which every data plane has.
+        // A rejected generation is never Synced; the message says what the fleet still runs.
         assert_eq!(
             condition_of(&obj, "Synced").message.clone(),
-            "all 2 data planes applied version 1"
+            "generation 2 was rejected (see Accepted) and is not served; data planes stay on generation 1 (2 of 2 \
+             applied it)"
         );
         assert_eq!(status.snapshot.expect("snapshot").hash, good_hash);
         assert_eq!(f.get_rtc().await, ["routes", "False", "1", "2/2"]);

@@ -133,8 +133,11 @@ async fn a_user_installs_applies_edits_survives_an_outage_and_deletes() {
     cluster.apply_yaml(&rbac).await;
     let cp_token = token(&cluster, &namespace, &cp_service_account, None).await;
     let kubeconfig = write_token_kubeconfig(&cluster, &cp_token, &namespace, dir.path()).await;
+    // The chart's Lease name, as its Deployment passes it: the Role names the status key Secret
+    // after it.
     let options = Options {
         kubeconfig: kubeconfig.into_os_string(),
+        lease_name: cellroute_tests::k8s::CHART_LEASE_NAME.to_owned(),
         ..Options::new(&cluster, &namespace, "cp-0")
     };
     let mut cp = RestartableControlPlane::start(options).await;

@@ -4,8 +4,16 @@
 //! Only the replica holding the leader lease writes status and Events, so replicas never fight
 //! over the status (see [`crate::leader`]). A status write happens only when the computed status
 //! differs from the stored one, which makes restarts and resyncs write nothing.
+//!
+//! A replica that starts while an object's current generation is rejected serves the last valid
+//! version recorded in the status, but only a record signed with the control plane's status key
+//! (see [`crate::served_spec`]); any other is refused and reported, by whichever replica finds it,
+//! with an audit log line, `cellroute_untrusted_status_total{reason}` and a Warning Event. The
+//! leader also removes (and reports the same way) a `status.snapshot` that another field manager
+//! wrote, then writes what it serves.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
@@ -16,17 +24,22 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use routing_model::crd::SnapshotStatus;
 use routing_model::crd::{RoutingConfig, RoutingConfigStatus};
 use routing_model::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest};
 use routing_model::validate::validate;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use super::replicas::{self, ReplicaSettings};
+use super::replicas::{self, LeaseSweeper, ReplicaSettings};
 use super::{ConfigSource, SourceContext};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::push::registry::Registry;
+use crate::served_spec::{self, Owner, Untrusted};
 use crate::snapshot::{ObjectKey, SnapshotStore};
 use crate::status::{self, Decision};
+use crate::status_key::StatusKey;
 
 /// Field manager of the status this control plane writes.
 pub const FIELD_MANAGER: &str = "cellroute-control-plane";
@@ -58,6 +71,8 @@ pub struct KubernetesSource {
     pub registry: Arc<Registry>,
     /// This replica's identity and the replica Leases.
     pub replica: ReplicaSettings,
+    /// Signs the served spec recorded in the status, and authenticates it on recovery.
+    pub status_key: Arc<StatusKey>,
 }
 
 struct Ctx {
@@ -68,6 +83,10 @@ struct Ctx {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     replica: ReplicaSettings,
+    status_key: Arc<StatusKey>,
+    /// Per object, the fingerprint of the last refused record reported, so each forgery is
+    /// reported once rather than on every resync.
+    refused: Mutex<HashMap<ObjectKey, [u8; 32]>>,
 }
 
 impl ConfigSource for KubernetesSource {
@@ -92,7 +111,16 @@ impl ConfigSource for KubernetesSource {
                 metrics: sctx.metrics.clone(),
                 registry: self.registry.clone(),
                 replica: self.replica.clone(),
+                status_key: self.status_key.clone(),
+                refused: Mutex::default(),
             });
+            let sweeper = tokio::spawn(sweep_loop(
+                self.client.clone(),
+                self.replica.clone(),
+                self.leader.clone(),
+                sctx.metrics.clone(),
+                sctx.shutdown.clone(),
+            ));
             let reporter = tokio::spawn(replicas::report_loop(
                 self.client.clone(),
                 reader.clone(),
@@ -117,8 +145,9 @@ impl ConfigSource for KubernetesSource {
                     }
                 })
                 .await;
-            // Its last act removes this replica's entries; let it finish.
+            // Its last act removes this replica's entries (bounded); let it finish.
             let _ = reporter.await;
+            sweeper.abort();
             Ok(())
         }
         .boxed()
@@ -152,6 +181,30 @@ fn event_hook(
             ready.set();
         }
         _ => {}
+    }
+}
+
+/// While this replica leads, deletes the Leases of replicas that are gone, once per Lease
+/// duration.
+async fn sweep_loop(
+    client: Client,
+    settings: ReplicaSettings,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut sweeper = LeaseSweeper::default();
+    let period = Duration::from_secs(settings.lease_duration.max(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        if *leader.borrow() {
+            sweeper.sweep(&client, &settings, &metrics).await;
+        } else {
+            sweeper.reset();
+        }
     }
 }
 
@@ -209,7 +262,7 @@ async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, Rec
         .snapshot_build
         .observe(started.elapsed().as_secs_f64());
     if candidate.is_err() {
-        recover_served(&obj, &key, &uid, &ctx.store);
+        recover_served(&obj, &key, &uid, generation, &ctx).await;
     }
     let offered = ctx.store.offer(&key, &uid, generation, candidate);
     super::record(&ctx.metrics, &ctx.store, &key, generation, &offered);
@@ -221,50 +274,94 @@ async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<Action, Rec
 }
 
 /// Re-serves the last valid version recorded in the status when this process has none for the
-/// object (it started while the current generation was already rejected).
-fn recover_served(obj: &RoutingConfig, key: &ObjectKey, uid: &str, store: &SnapshotStore) {
-    let has_served = store
+/// object (it started while the current generation was already rejected), if the record is one
+/// this control plane signed for an earlier generation of this object; reports it otherwise.
+async fn recover_served(obj: &RoutingConfig, key: &ObjectKey, uid: &str, generation: i64, ctx: &Ctx) {
+    let has_served = ctx
+        .store
         .get(key)
         .and_then(|s| s.served)
         .is_some_and(|s| s.lineage == uid);
     let Some(recorded) = obj.status.as_ref().and_then(|s| s.snapshot.as_ref()) else {
         return;
     };
-    let Some(text) = recorded.served_spec.as_deref() else {
-        return;
-    };
     if has_served {
         return;
     }
-    let spec = match crate::served_spec::decode(text, routing_model::parse::DEFAULT_MAX_CONFIG_BYTES) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::warn!(object = %key, error = %e, "cannot recover the last served version");
+    let owner = Owner {
+        namespace: &key.namespace,
+        name: &key.name,
+        uid,
+        generation,
+    };
+    let max = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES;
+    match served_spec::recover(&ctx.status_key, owner, recorded, max) {
+        Ok(None) => {}
+        Ok(Some(recovered)) => {
+            ctx.store.offer(key, uid, recovered.version, Ok(recovered.config));
+            tracing::info!(target: "audit", object = %key, version = recovered.version, "recovered the last valid version from the status (signature verified); serving it while the current generation is rejected");
+        }
+        Err(untrusted) => report_untrusted(obj, key, recorded, &untrusted, ctx).await,
+    }
+}
+
+/// Reports a refused record once per distinct record: audit log, metric, Warning Event.
+async fn report_untrusted(
+    obj: &RoutingConfig,
+    key: &ObjectKey,
+    recorded: &SnapshotStatus,
+    untrusted: &Untrusted,
+    ctx: &Ctx,
+) {
+    let fingerprint: [u8; 32] = Sha256::digest(serde_json::to_vec(recorded).unwrap_or_default()).into();
+    {
+        let mut refused = ctx
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if refused.get(key) == Some(&fingerprint) {
             return;
         }
-    };
-    let manifest = RoutingConfigManifest {
-        api_version: API_VERSION.to_owned(),
-        kind: KIND.to_owned(),
-        metadata: ObjectMeta {
-            name: Some(key.name.clone()),
-            namespace: Some(key.namespace.clone()),
-        },
-        spec,
-        status: None,
-    };
-    match validate(manifest) {
-        Ok(config) if config.hash().to_string() == recorded.hash => {
-            store.offer(key, uid, recorded.version, Ok(config));
-            tracing::info!(target: "audit", object = %key, version = recorded.version, "recovered the last valid version from the status; serving it while the current generation is rejected");
-        }
-        Ok(_) => {
-            tracing::warn!(object = %key, "the recorded served spec does not match its hash; not serving it")
-        }
-        Err(e) => {
-            tracing::warn!(object = %key, error = %e, "the recorded served spec is not valid; not serving it")
-        }
+        refused.insert(key.clone(), fingerprint);
     }
+    emit_untrusted(obj, key, recorded, untrusted, ctx).await;
+}
+
+/// Audit log, metric and Warning Event for one untrusted record.
+async fn emit_untrusted(
+    obj: &RoutingConfig,
+    key: &ObjectKey,
+    recorded: &SnapshotStatus,
+    untrusted: &Untrusted,
+    ctx: &Ctx,
+) {
+    let reason = untrusted.metric_label();
+    ctx.metrics.untrusted_status(reason);
+    let (message, action, note) = match untrusted {
+        Untrusted::WrittenByOthers { .. } => (
+            "removed a status.snapshot that another field manager wrote",
+            "WriteStatus",
+            format!(
+                "{untrusted}. Only the control plane writes status.snapshot; someone who may patch routingconfigs/status may have forged it"
+            ),
+        ),
+        _ => (
+            "refused the served spec recorded in the status; not serving it",
+            "Recover",
+            format!(
+                "refused status.snapshot as the version to serve: {untrusted}. This control plane did not record it; someone who may patch routingconfigs/status may have forged it"
+            ),
+        ),
+    };
+    tracing::warn!(
+        target: "audit",
+        object = %key,
+        reason,
+        recorded_version = recorded.version,
+        error = %untrusted,
+        "{message}"
+    );
+    publish_event(ctx, obj, EventType::Warning, "UntrustedStatus", action, note).await;
 }
 
 async fn write_status(
@@ -278,7 +375,8 @@ async fn write_status(
     let current = obj.status.as_ref();
     let served = state.served.as_ref().map(|s| s.reference());
     let own = ctx.registry.counts(&key.to_string(), served.as_ref());
-    let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own).await;
+    let served_version = served.as_ref().map(|s| s.version);
+    let (counts, dead) = replicas::totals(&ctx.client, &ctx.replica, obj, own, served_version).await;
     if !dead.is_empty() {
         replicas::prune(&ctx.client, obj, &dead).await;
     }
@@ -289,11 +387,26 @@ async fn write_status(
         current,
         data_planes: &counts,
         now: SystemTime::now(),
+        key: &ctx.status_key,
     });
     if current.is_some_and(|c| same_status(c, &desired)) {
         return Ok(());
     }
     let api: Api<RoutingConfig> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let others = snapshot_writers_besides_us(obj);
+    if !others.is_empty() {
+        // Server-side apply never removes fields another manager owns, so a snapshot someone
+        // else wrote (a forged record) would outlive this write, or leave a snapshot without
+        // the fields this write drops. The snapshot is this control plane's to say: clear it
+        // first, then apply what it serves.
+        remove_snapshot(&api, key).await?;
+        let untrusted = Untrusted::WrittenByOthers {
+            managers: status::truncate(&others.join(", "), 200),
+        };
+        if let Some(recorded) = current.and_then(|c| c.snapshot.as_ref()) {
+            emit_untrusted(obj, key, recorded, &untrusted, ctx).await;
+        }
+    }
     let patch = serde_json::json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -327,6 +440,41 @@ fn same_status(a: &RoutingConfigStatus, b: &RoutingConfigStatus) -> bool {
     sorted(a) == sorted(b)
 }
 
+/// The field managers other than the status writer that own part of `status.snapshot`.
+fn snapshot_writers_besides_us(obj: &RoutingConfig) -> Vec<String> {
+    obj.managed_fields()
+        .iter()
+        .filter(|m| {
+            m.manager.as_deref() != Some(FIELD_MANAGER)
+                && m.fields_v1
+                    .as_ref()
+                    .and_then(|f| f.0.get("f:status"))
+                    .and_then(|s| s.get("f:snapshot"))
+                    .is_some()
+        })
+        .map(|m| {
+            m.manager
+                .clone()
+                .unwrap_or_else(|| "an unnamed manager".to_owned())
+        })
+        .collect()
+}
+
+/// Removes `status.snapshot`, whoever wrote it.
+async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<(), ReconcileError> {
+    let ops = serde_json::json!([{"op": "remove", "path": "/status/snapshot"}]);
+    let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+    match api
+        .patch_status(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Already gone (the remove op fails on a missing path): nothing to do.
+        Err(kube::Error::Api(status)) if status.code == 422 => Ok(()),
+        Err(e) => Err(ReconcileError::Status(key.to_string(), e)),
+    }
+}
+
 async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
     let (type_, reason, note) = match decision {
         Decision::Accepted { message } => (EventType::Normal, "Accepted", message),
@@ -334,11 +482,22 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
         Decision::Synced { message } => (EventType::Normal, "Synced", message),
         Decision::RejectedByDataPlane { message } => (EventType::Warning, "RejectedByDataPlane", message),
     };
+    publish_event(ctx, obj, type_, reason, "Validate", note).await;
+}
+
+async fn publish_event(
+    ctx: &Ctx,
+    obj: &RoutingConfig,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
         note: Some(status::truncate(&note, MAX_EVENT_NOTE)),
-        action: "Validate".to_owned(),
+        action: action.to_owned(),
         secondary: None,
     };
     // A fresh Recorder per Event: the shared one folds a later Event with the same reason into
