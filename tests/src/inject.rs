@@ -147,6 +147,8 @@ impl InjectScene {
             write_token_kubeconfig(&scene.cluster, &sa_token, &scene.namespace, scene._dir.path()).await;
         scene.options = Some(Options {
             kubeconfig: kubeconfig.into_os_string(),
+            // The chart's Role names the status-key Secret after the chart's lease name.
+            lease_name: crate::k8s::CHART_LEASE_NAME.to_owned(),
             ..Options::new(&scene.cluster, &scene.namespace, "cp-inject")
         });
         scene.start_control_plane().await;
