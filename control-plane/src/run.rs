@@ -117,7 +117,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     }));
 
-    let auth = authenticator(&args, kube_client)?;
+    let auth = authenticator(&args, kube_client, metrics.clone())?;
     let publisher = Publisher::new(store.clone(), metrics.clone());
     tokio::spawn(publisher.clone().run(shutdown.clone()));
     let sessions = TaskTracker::new();
@@ -201,7 +201,11 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
 
 /// Picks how data planes authenticate: a static token file, TokenReview in a cluster, or (when
 /// explicitly allowed) nobody.
-fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result<Authenticator> {
+fn authenticator(
+    args: &RunArgs,
+    client: Option<kube::Client>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Authenticator> {
     if args.allow_unauthenticated {
         tracing::warn!("--allow-unauthenticated: any client may subscribe to any RoutingConfig");
         return Ok(Authenticator::Anonymous);
@@ -211,10 +215,11 @@ fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result
             .with_context(|| format!("cannot use --static-token-file {}", path.display()));
     }
     match client {
-        Some(client) => Ok(Authenticator::TokenReview {
+        Some(client) => Ok(Authenticator::token_review(
             client,
-            cross_namespace: args.allow_cross_namespace,
-        }),
+            args.allow_cross_namespace,
+            metrics,
+        )),
         None => anyhow::bail!(
             "data planes need a way to authenticate: pass --static-token-file FILE (or --allow-unauthenticated for a local demo)"
         ),

@@ -15,6 +15,7 @@
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
 //! - [`fixture`]: cells, config file, token file and data plane started together;
+//! - [`peer`]: a data plane driven by hand over the raw WebSocket client, for attacker tests;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
@@ -33,6 +34,7 @@ pub mod example;
 pub mod fixture;
 pub mod journey;
 pub mod k8s;
+pub mod peer;
 pub mod process;
 pub mod proxy;
 pub mod push;

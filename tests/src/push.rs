@@ -39,8 +39,16 @@ use crate::wait::{SOON, eventually, eventually_every};
 
 /// The RoutingConfig every push test serves.
 pub const OBJECT: &str = "default/routes";
-/// The bearer token data planes present; the control plane's static token file accepts it.
+/// The bearer token data planes present; the control plane's static token file accepts it, on
+/// line [`DP_TOKEN_LINE`].
 pub const DP_TOKEN: &str = "dp-token-7f3a";
+/// The line of [`DP_TOKEN`] in the control plane's static token file: who its holders are.
+pub const DP_TOKEN_LINE: usize = 2;
+/// Another accepted token (line [`OTHER_TOKEN_LINE`]): another identity, for the tests that play
+/// a pod trying to pass for another.
+pub const OTHER_TOKEN: &str = "dp-token-other-91c2";
+/// The line of [`OTHER_TOKEN`] in the control plane's static token file.
+pub const OTHER_TOKEN_LINE: usize = 3;
 /// The WebSocket path of the push.
 pub const SUBSCRIBE_PATH: &str = routing_model::protocol::SUBSCRIBE_PATH;
 /// The header of the cache file, before the hex digest.
@@ -169,6 +177,15 @@ impl FileControlPlane {
         self.running().logs()
     }
 
+    /// The process id of the running process.
+    ///
+    /// # Panics
+    ///
+    /// When the control plane is not running.
+    pub fn pid(&self) -> u32 {
+        self.running().pid()
+    }
+
     fn running(&self) -> &Process {
         self.process.as_ref().expect("the control plane is not running")
     }
@@ -286,7 +303,11 @@ impl Scene {
         let cp_file = dir.path().join("cp").join("routing.json");
         write_replace(&cp_file, table.render().as_bytes()).expect("write the control plane's file");
         let tokens = dir.path().join("cp-tokens");
-        std::fs::write(&tokens, format!("# accepted data-plane tokens\n{DP_TOKEN}\n")).expect("write tokens");
+        std::fs::write(
+            &tokens,
+            format!("# accepted data-plane tokens\n{DP_TOKEN}\n{OTHER_TOKEN}\n"),
+        )
+        .expect("write tokens");
         std::fs::write(dir.path().join("dp-token"), format!("{DP_TOKEN}\n")).expect("write dp token");
         std::fs::write(dir.path().join("admin-token"), format!("{ADMIN_TOKEN}\n"))
             .expect("write admin token");
@@ -511,6 +532,12 @@ pub fn hello_with(id: &str, applied: Option<&Value>, capabilities: &[&str]) -> S
         "capabilities": capabilities,
     })
     .to_string()
+}
+
+/// The `identity` of a data plane's `/debug/dataplanes` record that holds the static token on
+/// `line`.
+pub fn static_identity(line: usize) -> Value {
+    json!({"kind": "static-token", "line": line})
 }
 
 /// A cache file, checked: its header, its checksum and its JSON payload.
