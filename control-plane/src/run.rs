@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
-    let store = Arc::new(SnapshotStore::default());
+    let store = Arc::new(SnapshotStore::new(args.max_message_bytes));
     let ready = Readiness::default();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -59,6 +59,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             limits: ParseLimits {
                 max_bytes: args.max_config_bytes,
             },
+            state_dir: args.state_dir.clone().or_else(default_state_dir),
         }),
         None => {
             let client = kube::Client::try_default().await.context(
@@ -224,6 +225,26 @@ fn authenticator(
             "data planes need a way to authenticate: pass --static-token-file FILE (or --allow-unauthenticated for a local demo)"
         ),
     }
+}
+
+/// Where file-mode versions are recorded without `--state-dir`: systemd's `StateDirectory=`,
+/// else the XDG state directory.
+fn default_state_dir() -> Option<std::path::PathBuf> {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = env("STATE_DIRECTORY") {
+        // systemd lists several directories separated by colons; the first is ours.
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return Some(first.into());
+    }
+    if let Some(xdg) = env("XDG_STATE_HOME") {
+        return Some(std::path::PathBuf::from(xdg).join("cellroute"));
+    }
+    env("HOME").map(|home| std::path::PathBuf::from(home).join(".local/state/cellroute"))
 }
 
 fn default_identity() -> String {
