@@ -131,6 +131,11 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_SEND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub send_timeout: Duration,
 
+    /// File holding a bearer token that lets peers not on loopback read `/debug/*` (re-read on
+    /// every request, so it can be rotated). Without it, `/debug/*` is served to loopback only.
+    #[arg(long, env = "CELLROUTE_DEBUG_TOKEN_FILE", value_name = "FILE")]
+    pub debug_token_file: Option<PathBuf>,
+
     /// PEM certificate chain: serve `wss://` and `https://` instead of plain text.
     #[arg(long, env = "CELLROUTE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

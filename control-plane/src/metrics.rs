@@ -77,6 +77,8 @@ pub struct Metrics {
     pub too_large: Counter,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
+    /// `/debug/*` requests refused (a non-loopback peer without the debug token).
+    pub debug_refused: Counter,
 }
 
 /// Labels of `cellroute_data_planes`.
@@ -120,6 +122,12 @@ impl Metrics {
         let token_reviews = Family::<ResultLabels, Counter>::default();
         let token_review_cache_hits = Counter::default();
         let too_large = Counter::default();
+        let debug_refused = Counter::default();
+        registry.register(
+            "cellroute_debug_requests_refused",
+            "Requests for /debug/* refused: a peer not on loopback without the --debug-token-file token",
+            debug_refused.clone(),
+        );
         registry.register(
             "cellroute_session_panics",
             "Data-plane sessions that panicked; each was closed and its record marked disconnected",
@@ -242,6 +250,7 @@ impl Metrics {
             token_review_cache_hits,
             too_large,
             data_planes,
+            debug_refused,
         })
     }
 

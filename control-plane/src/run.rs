@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
+use crate::http::debug_access::DebugAccess;
 use crate::http::{self, HttpState};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    // A bad --debug-token-file fails the start, not the first request.
+    let debug = DebugAccess::new(args.debug_token_file.clone())?;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let store = Arc::new(SnapshotStore::new(args.max_message_bytes));
@@ -142,6 +145,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ready,
         metrics,
         push,
+        debug,
     });
     let addr = listener.local_addr()?;
     let listener = match (&args.tls_cert, &args.tls_key) {

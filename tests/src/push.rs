@@ -159,7 +159,13 @@ impl FileControlPlane {
     /// Starts the control plane on an ephemeral port with `args` (the file, the tokens and any
     /// tuning flags) and waits until it listens.
     pub async fn start(args: Vec<String>) -> Self {
-        let (process, addr) = spawn_control_plane(&args, "127.0.0.1:0".parse().expect("address")).await;
+        Self::start_on("127.0.0.1:0".parse().expect("address"), args).await
+    }
+
+    /// [`FileControlPlane::start`] with `--listen listen` (such as `0.0.0.0:0`, to be reached
+    /// from a non-loopback address).
+    pub async fn start_on(listen: SocketAddr, args: Vec<String>) -> Self {
+        let (process, addr) = spawn_control_plane(&args, listen).await;
         Self {
             process: Some(process),
             args,
@@ -297,6 +303,11 @@ impl Scene {
     /// Writes `table` as the control plane's file and starts the control plane with
     /// `--static-token-file` (accepting [`DP_TOKEN`]) and `extra` flags.
     pub async fn start(cells: Cells, table: &Table, extra: &[&str]) -> Self {
+        Self::start_on(cells, table, extra, "127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// [`Scene::start`] with the control plane listening on `listen`.
+    pub async fn start_on(cells: Cells, table: &Table, extra: &[&str], listen: SocketAddr) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Its own directory: the control plane watches the file's directory.
         std::fs::create_dir(dir.path().join("cp")).expect("create the control plane's directory");
@@ -318,7 +329,7 @@ impl Scene {
             tokens.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let cp = FileControlPlane::start(args).await;
+        let cp = FileControlPlane::start_on(listen, args).await;
         Self {
             cells,
             cp,
