@@ -14,6 +14,7 @@
 //! - [`admin`]: a client for the admin API and a parser for its metrics text;
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
+//! - [`faketime`]: a process started with its wall clock stepped (libfaketime);
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`net`]: this machine's non-loopback address, for tests of what is served beyond loopback;
 //! - [`peer`]: a data plane driven by hand over the raw WebSocket client, for attacker tests;
@@ -33,6 +34,7 @@ pub mod control_plane;
 pub mod cp_http;
 pub mod echo;
 pub mod example;
+pub mod faketime;
 pub mod fixture;
 pub mod journey;
 pub mod k8s;

@@ -222,8 +222,18 @@ impl FileControlPlane {
     ///
     /// When one is still running, or the new one does not listen.
     pub async fn restart(&mut self) {
+        self.restart_with_env(&[]).await;
+    }
+
+    /// [`FileControlPlane::restart`] with extra environment variables (such as
+    /// [`crate::faketime::stepped`]'s, to start it with its clock stepped back).
+    ///
+    /// # Panics
+    ///
+    /// When one is still running, or the new one does not listen.
+    pub async fn restart_with_env(&mut self, env: &[(String, String)]) {
         assert!(self.process.is_none(), "restart a control plane that was stopped");
-        let (process, addr) = spawn_control_plane(&self.args, self.addr()).await;
+        let (process, addr) = spawn_control_plane_with_env(&self.args, self.addr(), env).await;
         assert_eq!(addr, self.addr(), "restarted on another address");
         self.process = Some(process);
     }
@@ -269,6 +279,14 @@ impl FileControlPlane {
 }
 
 async fn spawn_control_plane(args: &[String], listen: SocketAddr) -> (Process, SocketAddr) {
+    spawn_control_plane_with_env(args, listen, &[]).await
+}
+
+async fn spawn_control_plane_with_env(
+    args: &[String],
+    listen: SocketAddr,
+    env: &[(String, String)],
+) -> (Process, SocketAddr) {
     let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
         .await
         .expect("binary build task");
@@ -278,6 +296,7 @@ async fn spawn_control_plane(args: &[String], listen: SocketAddr) -> (Process, S
         .args(args);
     scrub_env(&mut cmd);
     cmd.env_remove("KUBECONFIG");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = Process::spawn("control plane (file mode)", &mut cmd);
     let addr = process.wait_listening(&["http"]).await[0];
     (process, addr)
@@ -301,7 +320,8 @@ impl Scene {
     }
 
     /// Writes `table` as the control plane's file and starts the control plane with
-    /// `--static-token-file` (accepting [`DP_TOKEN`]) and `extra` flags.
+    /// `--static-token-file` (accepting [`DP_TOKEN`]), `--state-dir` in the scene (unless `extra`
+    /// has one) and `extra` flags.
     pub async fn start(cells: Cells, table: &Table, extra: &[&str]) -> Self {
         Self::start_on(cells, table, extra, "127.0.0.1:0".parse().expect("address")).await
     }
@@ -328,6 +348,13 @@ impl Scene {
             "--static-token-file".to_owned(),
             tokens.display().to_string(),
         ];
+        // Its versions are recorded in the scene, never in the home directory.
+        if !extra.contains(&"--state-dir") {
+            args.extend([
+                "--state-dir".to_owned(),
+                dir.path().join("cp-state").display().to_string(),
+            ]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let cp = FileControlPlane::start_on(listen, args).await;
         Self {
@@ -341,6 +368,11 @@ impl Scene {
     /// The scene's temporary directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The control plane's `--state-dir` (unless the test passed its own).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("cp-state")
     }
 
     /// Replaces the control plane's file with `table` (write, then rename).

@@ -95,7 +95,7 @@ impl Versions {
             dir.join(format!("file-{name}.json"))
         });
         let fresh = |why: String| {
-            tracing::warn!(source = %absolute, "{why}; starting a new lineage: every data plane downloads the table once");
+            tracing::warn!(source = %absolute, "{why}; starting a new lineage: every data plane downloads the table once (point --state-dir at a writable directory to keep versions across restarts)");
             Self {
                 source: absolute.clone(),
                 state_file: state_file.clone(),
@@ -178,7 +178,7 @@ impl Versions {
                     source = %self.source,
                     error = %e,
                     lineage = %self.lineage,
-                    "cannot record the file-mode version; serving it under a lineage that is not recorded: after a restart every data plane downloads the table once"
+                    "cannot record the file-mode version; serving it under a lineage that is not recorded: after a restart every data plane downloads the table once (point --state-dir at a writable directory)"
                 );
             }
         }
