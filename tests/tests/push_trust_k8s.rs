@@ -9,7 +9,9 @@
 //! - a token bound to a pod may only call itself that pod;
 //! - a connection over the cap is refused before its token is reviewed, and a token reviewed a
 //!   moment ago is not reviewed again (`cellroute_token_reviews_total`,
-//!   `cellroute_token_review_cache_hits_total`).
+//!   `cellroute_token_review_cache_hits_total`);
+//! - a generation whose snapshot message would exceed `--max-message-bytes` is refused in the
+//!   status (`Accepted=False`, naming size and limit) and the previous one keeps being served.
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +19,7 @@ use std::net::SocketAddr;
 
 use cellroute_tests::control_plane::Options;
 use cellroute_tests::fixture::Cells;
-use cellroute_tests::k8s::{Cluster, K8S_SOON, RoutingConfigs, spec};
+use cellroute_tests::k8s::{Cluster, K8S_SOON, RoutingConfigs, condition_of, spec};
 use cellroute_tests::peer::{Peer, hello};
 use cellroute_tests::push_k8s::{AUDIENCE, KubeControlPlane, follow, pod, pod_token, service_account, token};
 use cellroute_tests::wait::eventually;
@@ -250,4 +252,71 @@ async fn token_reviews_come_after_the_connection_cap_and_are_cached() {
         users.contains(&&json!({"kind": "service-account", "namespace": namespace, "name": "another"})),
         "{entries:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_that_cannot_be_delivered_is_not_accepted() {
+    const LIMIT: usize = 4096;
+    let cluster = Cluster::from_env();
+    let client = cluster.client().await;
+    cluster.install_crd(&client).await;
+    let namespace = cluster.namespace(&client, "trust-size").await;
+    service_account(&cluster, &namespace, SERVICE_ACCOUNT).await;
+    let cells = Cells::start(&["tier1", "tier3"]).await;
+    let endpoints = [("tier1", cells.url("tier1")), ("tier3", cells.url("tier3"))];
+    let endpoints: Vec<(&str, &str)> = endpoints.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let limit = LIMIT.to_string();
+    let cp = KubeControlPlane::start(
+        &Options::new(&cluster, &namespace, "cp-0"),
+        &["--max-message-bytes", &limit],
+    )
+    .await;
+    let rtc = RoutingConfigs::new(&client, &namespace);
+    rtc.apply(NAME, &spec("tier3", &[("acme", "tier1")], &endpoints))
+        .await;
+    rtc.wait_for_accepted(NAME, 1, "True").await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let dp_token = token(&cluster, &namespace, SERVICE_ACCOUNT, Some(AUDIENCE)).await;
+    let dp = follow(
+        &cp.url(),
+        &format!("{namespace}/{NAME}"),
+        "dp-1",
+        &dp_token,
+        dir.path(),
+    )
+    .await;
+    dp.wait_routes(&[("acme", "tier1")], K8S_SOON).await;
+
+    // Generation 2: 100 customers with 60-byte ids, about 8 KiB as a snapshot message.
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("customer-{i:03}-{}", "x".repeat(47)))
+        .collect();
+    let mut customers: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "tier3")).collect();
+    customers.push(("acme", "tier3"));
+    rtc.apply(NAME, &spec("tier3", &customers, &endpoints)).await;
+    let obj = rtc.wait_for_accepted(NAME, 2, "False").await;
+    let accepted = condition_of(&obj, "Accepted");
+    eprintln!("Accepted: {} {}", accepted.reason, accepted.message);
+    assert!(
+        accepted.message.contains(&format!("{LIMIT}-byte limit"))
+            && accepted.message.contains("--max-message-bytes"),
+        "{}",
+        accepted.message
+    );
+    assert!(
+        accepted.message.contains("still serving generation 1"),
+        "{}",
+        accepted.message
+    );
+    let served = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot.as_ref())
+        .map(|s| s.version);
+    assert_eq!(served, Some(1));
+    // The data plane keeps generation 1 and its one session.
+    cp.wait_state(&["dp-1"], "SYNCED", Some(1), K8S_SOON).await;
+    dp.assert_routes(&[("acme", "tier1")]).await;
+    assert_eq!(dp.counter("control_plane_sessions_total").await, 1.0);
+    assert_eq!(dp.counter("cellroute_snapshots_received_total").await, 1.0);
 }
