@@ -22,12 +22,26 @@ pub enum Command {
     /// Run the control plane: watch RoutingConfigs (in a cluster, or one file with --from-file),
     /// validate them, report status, and serve snapshots.
     Run(Box<RunArgs>),
-    /// Check a RoutingConfig file with the same rules the control plane and data planes apply;
-    /// exit 1 on errors.
-    Validate {
-        /// The RoutingConfig file (YAML or JSON).
-        file: PathBuf,
-    },
+    /// Check a RoutingConfig file with the same rules the control plane applies before it serves
+    /// a version (validation, and the size of the snapshot message); exit 1 on errors.
+    Validate(ValidateArgs),
+}
+
+/// Flags of `control-plane validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The RoutingConfig file (YAML or JSON).
+    pub file: PathBuf,
+
+    /// Largest accepted file, in bytes (as `run --max-config-bytes`).
+    #[arg(long, default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
+    pub max_config_bytes: usize,
+
+    /// Largest snapshot message the control plane may send, in bytes (as `run
+    /// --max-message-bytes`): a file whose snapshot would be larger is refused.
+    #[arg(long, default_value_t = routing_model::protocol::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
 }
 
 /// Flags of `control-plane run`.
@@ -79,6 +93,12 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
 
+    /// Directory where --from-file records its versions (lineage, version, content hash), so a
+    /// restart on unchanged content serves the version data planes already have. Default:
+    /// `$STATE_DIRECTORY`, `$XDG_STATE_HOME/cellroute`, or `~/.local/state/cellroute`.
+    #[arg(long, env = "CELLROUTE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// File of bearer tokens accepted from data planes, one per line (out of a cluster). In a
     /// cluster, data planes' ServiceAccount tokens are checked with TokenReview instead.
     #[arg(long, env = "CELLROUTE_STATIC_TOKEN_FILE", value_name = "FILE")]
@@ -100,7 +120,8 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Largest message sent or accepted, in bytes; an oversized one closes that session only.
+    /// Largest message sent to a data plane, in bytes. A version whose snapshot message would
+    /// be larger is rejected, not served. (What data planes send is bounded at 64 KiB.)
     #[arg(long, env = "CELLROUTE_MAX_MESSAGE_BYTES", default_value_t = routing_model::protocol::DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
@@ -115,6 +136,11 @@ pub struct RunArgs {
     /// Time allowed for one send to a data plane; one that stops reading is dropped after it.
     #[arg(long, env = "CELLROUTE_SEND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub send_timeout: Duration,
+
+    /// File holding a bearer token that lets peers not on loopback read `/debug/*` (re-read on
+    /// every request, so it can be rotated). Without it, `/debug/*` is served to loopback only.
+    #[arg(long, env = "CELLROUTE_DEBUG_TOKEN_FILE", value_name = "FILE")]
+    pub debug_token_file: Option<PathBuf>,
 
     /// PEM certificate chain: serve `wss://` and `https://` instead of plain text.
     #[arg(long, env = "CELLROUTE_TLS_CERT", value_name = "FILE", requires = "tls_key")]

@@ -8,11 +8,17 @@
 //! | `GET /debug/snapshots` | every served snapshot (object, lineage, version, hash) and the last rejection |
 //! | `GET /debug/dataplanes` | every data plane: SYNCED / STALE / REJECTED / DISCONNECTED, like `istioctl proxy-status` |
 //! | `GET /v1/subscribe` | the WebSocket snapshot push (bearer token; see `PROTOCOL.md`) |
+//!
+//! `/debug/*` is served to loopback peers, and to others only with the bearer token of
+//! `--debug-token-file` (see [`debug_access`]).
+
+pub mod debug_access;
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,6 +28,8 @@ use crate::metrics::Metrics;
 use crate::push::{self, PushState};
 use crate::snapshot::{ObjectKey, SnapshotStore};
 use crate::source::Readiness;
+use crate::tls::Remote;
+use debug_access::DebugAccess;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -34,21 +42,47 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// The push endpoint's state.
     pub push: PushState,
+    /// Who may read `/debug/*`.
+    pub debug: DebugAccess,
 }
 
 /// The router.
 pub fn router(state: HttpState) -> Router {
+    // `route_layer` guards the routes added before it: the debug endpoints only.
     Router::new()
+        .route("/debug/snapshots", get(snapshots))
+        .route("/debug/dataplanes", get(dataplanes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), debug_guard))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/debug/snapshots", get(snapshots))
-        .route("/debug/dataplanes", get(dataplanes))
         .route(
             routing_model::protocol::SUBSCRIBE_PATH,
             get(push::subscribe).with_state(state.push.clone()),
         )
         .with_state(state)
+}
+
+/// Refuses `/debug/*` to a non-loopback peer without the debug token: 403, saying how to get
+/// access.
+async fn debug_guard(
+    State(s): State<HttpState>,
+    ConnectInfo(Remote(peer)): ConnectInfo<Remote>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    match s.debug.check(peer.ip(), &headers) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            s.metrics.debug_refused.inc();
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({"status": "error", "message": refusal.to_string()})),
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {

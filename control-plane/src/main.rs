@@ -10,7 +10,7 @@ use control_plane::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Validate { file } => control_plane::validate_cmd::run(&file),
+        Command::Validate(args) => control_plane::validate_cmd::run(&args),
         Command::Run(args) => {
             cellroute_telemetry::init(args.log_format, &args.log_level);
             match control_plane::run::run(*args) {

@@ -67,6 +67,14 @@ pub struct Metrics {
     /// Size of the same message gzip-compressed (what data planes with `gzip` receive).
     pub snapshot_compressed_bytes: Gauge,
     refused: Family<ReasonLabels, Counter>,
+    /// Data-plane sessions that panicked (caught at the session boundary).
+    pub session_panics: Counter,
+    protocol_errors: Family<KindLabels, Counter>,
+    token_reviews: Family<ResultLabels, Counter>,
+    /// Data-plane connections authenticated from the TokenReview cache (no apiserver call).
+    pub token_review_cache_hits: Counter,
+    /// Snapshots not sent because they exceed the limit a data plane announced.
+    pub too_large: Counter,
     /// Data planes known to this replica, by sync state (refreshed at scrape time).
     pub data_planes: Family<StateLabels, Gauge>,
     injections: Family<ResultLabels, Counter>,
@@ -77,6 +85,8 @@ pub struct Metrics {
     untrusted_status: Family<ReasonLabels, Counter>,
     /// Leases of dead replicas deleted by this replica while it led.
     pub replica_leases_deleted: Counter,
+    /// `/debug/*` requests refused (a non-loopback peer without the debug token).
+    pub debug_refused: Counter,
 }
 
 /// Labels of `cellroute_data_planes`.
@@ -89,6 +99,11 @@ pub struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 impl Metrics {
@@ -121,6 +136,42 @@ impl Metrics {
             "cellroute_replica_leases_deleted",
             "Leases of dead control-plane replicas deleted by the leader",
             replica_leases_deleted.clone(),
+        );
+        let session_panics = Counter::default();
+        let protocol_errors = Family::<KindLabels, Counter>::default();
+        let token_reviews = Family::<ResultLabels, Counter>::default();
+        let token_review_cache_hits = Counter::default();
+        let too_large = Counter::default();
+        let debug_refused = Counter::default();
+        registry.register(
+            "cellroute_debug_requests_refused",
+            "Requests for /debug/* refused: a peer not on loopback without the --debug-token-file token",
+            debug_refused.clone(),
+        );
+        registry.register(
+            "cellroute_session_panics",
+            "Data-plane sessions that panicked; each was closed and its record marked disconnected",
+            session_panics.clone(),
+        );
+        registry.register(
+            "cellroute_protocol_errors",
+            "Messages from data planes that break the protocol, by kind (unreadable, binary, oversized, ack-not-sent, ack-replayed, nack-not-sent, nack-replayed, ...)",
+            protocol_errors.clone(),
+        );
+        registry.register(
+            "cellroute_token_reviews",
+            "TokenReviews sent to the apiserver, by result (authenticated, unauthenticated, wrong-audience, not-a-service-account, error)",
+            token_reviews.clone(),
+        );
+        registry.register(
+            "cellroute_token_review_cache_hits",
+            "Data-plane tokens authenticated from the TokenReview cache, without asking the apiserver",
+            token_review_cache_hits.clone(),
+        );
+        registry.register(
+            "cellroute_snapshots_too_large",
+            "Snapshots not sent to a data plane because they exceed the limit it announced (a too-large notice went instead)",
+            too_large.clone(),
         );
         registry.register(
             "cellroute_data_planes",
@@ -231,12 +282,18 @@ impl Metrics {
             snapshot_bytes,
             snapshot_compressed_bytes,
             refused,
+            session_panics,
+            protocol_errors,
+            token_reviews,
+            token_review_cache_hits,
+            too_large,
             data_planes,
             injections,
             inject_certificate_expiry,
             inject_certificate_renewals,
             untrusted_status,
             replica_leases_deleted,
+            debug_refused,
         })
     }
 
@@ -272,6 +329,24 @@ impl Metrics {
         self.untrusted_status
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a message from a data plane that breaks the protocol.
+    pub fn protocol_error(&self, kind: &str) {
+        self.protocol_errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one TokenReview sent to the apiserver.
+    pub fn token_reviewed(&self, result: &str) {
+        self.token_reviews
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
             })
             .inc();
     }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cli::RunArgs;
+use crate::http::debug_access::DebugAccess;
 use crate::http::{self, HttpState};
 use crate::leader::{self, LeaseSettings};
 use crate::metrics::Metrics;
@@ -49,9 +50,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
+    // A bad --debug-token-file fails the start, not the first request.
+    let debug = DebugAccess::new(args.debug_token_file.clone())?;
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
-    let store = Arc::new(SnapshotStore::default());
+    let store = Arc::new(SnapshotStore::new(args.max_message_bytes));
     let ready = Readiness::default();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -68,6 +71,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             limits: ParseLimits {
                 max_bytes: args.max_config_bytes,
             },
+            state_dir: args.state_dir.clone().or_else(default_state_dir),
         }),
         None => {
             let client = kube::Client::try_default().await.context(
@@ -151,7 +155,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         }
         (None, _) => None,
     };
-    let auth = authenticator(&args, kube_client)?;
+    let auth = authenticator(&args, kube_client, metrics.clone())?;
     let publisher = Publisher::new(store.clone(), metrics.clone());
     tokio::spawn(publisher.clone().run(shutdown.clone()));
     let sessions = TaskTracker::new();
@@ -175,6 +179,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         ready,
         metrics,
         push,
+        debug,
     });
     let addr = listener.local_addr()?;
     let listener = match (&args.tls_cert, &args.tls_key) {
@@ -275,7 +280,11 @@ async fn join_opt(task: Option<tokio::task::JoinHandle<()>>) {
 
 /// Picks how data planes authenticate: a static token file, TokenReview in a cluster, or (when
 /// explicitly allowed) nobody.
-fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result<Authenticator> {
+fn authenticator(
+    args: &RunArgs,
+    client: Option<kube::Client>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Authenticator> {
     if args.allow_unauthenticated {
         tracing::warn!("--allow-unauthenticated: any client may subscribe to any RoutingConfig");
         return Ok(Authenticator::Anonymous);
@@ -285,10 +294,11 @@ fn authenticator(args: &RunArgs, client: Option<kube::Client>) -> anyhow::Result
             .with_context(|| format!("cannot use --static-token-file {}", path.display()));
     }
     match client {
-        Some(client) => Ok(Authenticator::TokenReview {
+        Some(client) => Ok(Authenticator::token_review(
             client,
-            cross_namespace: args.allow_cross_namespace,
-        }),
+            args.allow_cross_namespace,
+            metrics,
+        )),
         None => anyhow::bail!(
             "data planes need a way to authenticate: pass --static-token-file FILE (or --allow-unauthenticated for a local demo)"
         ),
@@ -344,6 +354,26 @@ fn inject_settings(args: &RunArgs) -> anyhow::Result<crate::inject::Settings> {
         watch_namespace: args.namespace.clone().filter(|_| !args.allow_cross_namespace),
         identity: args.identity.clone().unwrap_or_else(default_identity),
     })
+}
+
+/// Where file-mode versions are recorded without `--state-dir`: systemd's `StateDirectory=`,
+/// else the XDG state directory.
+fn default_state_dir() -> Option<std::path::PathBuf> {
+    let env = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dirs) = env("STATE_DIRECTORY") {
+        // systemd lists several directories separated by colons; the first is ours.
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return Some(first.into());
+    }
+    if let Some(xdg) = env("XDG_STATE_HOME") {
+        return Some(std::path::PathBuf::from(xdg).join("cellroute"));
+    }
+    env("HOME").map(|home| std::path::PathBuf::from(home).join(".local/state/cellroute"))
 }
 
 fn default_identity() -> String {

@@ -4,6 +4,11 @@
 //! here. A valid version becomes the served snapshot; an invalid one is recorded as the object's
 //! rejection while the previous valid snapshot keeps being served. Versions never go backwards
 //! within a lineage (one object `uid`, or one file); a re-created object starts a new lineage.
+//!
+//! Only what can be delivered is accepted: a version whose snapshot message would exceed
+//! `--max-message-bytes` (the bound on every message the control plane sends) is rejected like an
+//! invalid one, naming the limit and the size, instead of being served to data planes that could
+//! never receive it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +17,8 @@ use std::time::SystemTime;
 
 use kube::ResourceExt;
 use routing_model::crd::RoutingConfig;
-use routing_model::protocol::SnapshotRef;
+use routing_model::manifest::RoutingConfigSpec;
+use routing_model::protocol::{DEFAULT_MAX_MESSAGE_BYTES, SnapshotMessageRef, SnapshotRef};
 use routing_model::{ContentHash, ValidatedConfig};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -113,22 +119,76 @@ pub enum Offered {
     Rejected,
 }
 
+/// The size in bytes of the snapshot message that would carry `spec` as `reference` of `key`:
+/// exactly what the publisher sends (as text, or before gzip).
+pub fn message_bytes(key: &ObjectKey, reference: &SnapshotRef, spec: &RoutingConfigSpec) -> usize {
+    SnapshotMessageRef {
+        routing_config: &key.to_string(),
+        snapshot: reference,
+        spec,
+    }
+    .json_len()
+}
+
+/// Whether a snapshot message of `bytes` fits the limit `max`; the error names both.
+pub fn check_deliverable(bytes: usize, max: usize) -> Result<(), String> {
+    if bytes <= max {
+        return Ok(());
+    }
+    Err(format!(
+        "the snapshot message is {bytes} bytes, over the {max}-byte limit (--max-message-bytes): no data plane could receive it. \
+         Remove customers or shorten their ids (every `\\` and `\"` in an id doubles in the message), or raise --max-message-bytes on the control plane and every data plane"
+    ))
+}
+
 /// All served snapshots, shared between sources (writers) and readers.
 pub struct SnapshotStore {
     objects: RwLock<BTreeMap<ObjectKey, ObjectState>>,
     changed: watch::Sender<u64>,
+    max_message_bytes: usize,
 }
 
 impl Default for SnapshotStore {
     fn default() -> Self {
-        Self {
-            objects: RwLock::default(),
-            changed: watch::channel(0).0,
-        }
+        Self::new(DEFAULT_MAX_MESSAGE_BYTES)
     }
 }
 
 impl SnapshotStore {
+    /// A store that accepts only versions whose snapshot message fits `max_message_bytes`.
+    pub fn new(max_message_bytes: usize) -> Self {
+        Self {
+            objects: RwLock::default(),
+            changed: watch::channel(0).0,
+            max_message_bytes,
+        }
+    }
+
+    /// The largest snapshot message it accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Whether `config` as `reference` of `key` could be delivered; its message size if so.
+    pub fn deliverable(
+        &self,
+        key: &ObjectKey,
+        reference: &SnapshotRef,
+        config: &ValidatedConfig,
+    ) -> Result<usize, String> {
+        let bytes = message_bytes(key, reference, config.spec());
+        check_deliverable(bytes, self.max_message_bytes).map(|()| bytes)
+    }
+
+    fn is_stale(&self, key: &ObjectKey, lineage: &str, version: i64) -> bool {
+        self.objects
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(key)
+            .and_then(|s| s.served.as_ref())
+            .is_some_and(|s| s.lineage == lineage && s.version >= version)
+    }
+
     /// Offers one version of an object: `Ok` with its validated config, or `Err` with why it
     /// is invalid.
     pub fn offer(
@@ -138,6 +198,19 @@ impl SnapshotStore {
         version: i64,
         candidate: Result<ValidatedConfig, String>,
     ) -> Offered {
+        // Sizing a large table costs a serialization pass: skip it for what is already served
+        // (resyncs re-offer every object), and do it outside the lock.
+        if candidate.is_ok() && self.is_stale(key, lineage, version) {
+            return Offered::Unchanged;
+        }
+        let candidate = candidate.and_then(|config| {
+            let reference = SnapshotRef {
+                lineage: lineage.to_owned(),
+                version,
+                hash: config.hash(),
+            };
+            self.deliverable(key, &reference, &config).map(|_| config)
+        });
         let mut objects = self
             .objects
             .write()
@@ -283,6 +356,38 @@ mod tests {
         assert_eq!(store.offer(&key(), "u2", 1, Ok(config("b"))), Offered::Accepted);
         let served = store.get(&key()).unwrap().served.unwrap();
         assert_eq!((served.lineage.as_str(), served.version), ("u2", 1));
+    }
+
+    #[test]
+    fn a_version_that_cannot_be_delivered_is_rejected_naming_limit_and_size() {
+        let candidate = config("a");
+        let reference = SnapshotRef {
+            lineage: "u1".into(),
+            version: 1,
+            hash: candidate.hash(),
+        };
+        let bytes = message_bytes(&key(), &reference, candidate.spec());
+        // One byte over: rejected; the previous version keeps being served.
+        let store = SnapshotStore::new(bytes - 1);
+        assert_eq!(store.offer(&key(), "u1", 1, Ok(config("a"))), Offered::Rejected);
+        let state = store.get(&key()).unwrap();
+        assert!(state.served.is_none());
+        let error = state.rejection.unwrap().error;
+        assert!(
+            error.contains(&format!("{bytes} bytes")) && error.contains(&format!("{}-byte limit", bytes - 1)),
+            "{error}"
+        );
+        // Exactly at the limit: accepted, and the size is what the publisher sends.
+        let store = SnapshotStore::new(bytes);
+        assert_eq!(store.offer(&key(), "u1", 1, Ok(config("a"))), Offered::Accepted);
+        let served = store.get(&key()).unwrap().served.unwrap();
+        let sent = SnapshotMessageRef {
+            routing_config: &key().to_string(),
+            snapshot: &served.reference(),
+            spec: served.config.spec(),
+        }
+        .to_json();
+        assert_eq!(sent.len(), bytes);
     }
 
     #[test]

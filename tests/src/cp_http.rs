@@ -102,6 +102,15 @@ impl CpHttp {
         self.dataplanes().await.into_iter().find(|d| d["id"] == id)
     }
 
+    /// The `/debug/dataplanes` entry of data plane `id` held by `identity` (its record's
+    /// `identity`, such as `{"kind":"static-token","line":2}`).
+    pub async fn dataplane_as(&self, id: &str, identity: &Value) -> Option<Value> {
+        self.dataplanes()
+            .await
+            .into_iter()
+            .find(|d| d["id"] == id && d["record"]["identity"] == *identity)
+    }
+
     /// Waits until every data plane of `ids` is listed in `state` (`SYNCED`, `REJECTED`,
     /// `ORPHANED`, ...), with `version` as its acked (or, when REJECTED, nacked) version when
     /// given, and returns their entries.

@@ -16,11 +16,15 @@
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
 //! - [`inject`]: the sidecar injector on the API server: the chart's objects and a control plane serving it;
+//! - [`faketime`]: a process started with its wall clock stepped (libfaketime);
 //! - [`fixture`]: cells, config file, token file and data plane started together;
+//! - [`net`]: this machine's non-loopback address, for tests of what is served beyond loopback;
+//! - [`peer`]: a data plane driven by hand over the raw WebSocket client, for attacker tests;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
-//! `KUBECONFIG`, which `scripts/test` starts on loopback).
+//! `KUBECONFIG`, which `scripts/test` starts on loopback), except the tests of what is served
+//! beyond loopback, which also use this machine's own non-loopback address ([`net`]).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -33,10 +37,13 @@ pub mod control_plane;
 pub mod cp_http;
 pub mod echo;
 pub mod example;
+pub mod faketime;
 pub mod fixture;
 pub mod inject;
 pub mod journey;
 pub mod k8s;
+pub mod net;
+pub mod peer;
 pub mod process;
 pub mod proxy;
 pub mod push;

@@ -39,8 +39,16 @@ use crate::wait::{SOON, eventually, eventually_every};
 
 /// The RoutingConfig every push test serves.
 pub const OBJECT: &str = "default/routes";
-/// The bearer token data planes present; the control plane's static token file accepts it.
+/// The bearer token data planes present; the control plane's static token file accepts it, on
+/// line [`DP_TOKEN_LINE`].
 pub const DP_TOKEN: &str = "dp-token-7f3a";
+/// The line of [`DP_TOKEN`] in the control plane's static token file: who its holders are.
+pub const DP_TOKEN_LINE: usize = 2;
+/// Another accepted token (line [`OTHER_TOKEN_LINE`]): another identity, for the tests that play
+/// a pod trying to pass for another.
+pub const OTHER_TOKEN: &str = "dp-token-other-91c2";
+/// The line of [`OTHER_TOKEN`] in the control plane's static token file.
+pub const OTHER_TOKEN_LINE: usize = 3;
 /// The WebSocket path of the push.
 pub const SUBSCRIBE_PATH: &str = routing_model::protocol::SUBSCRIBE_PATH;
 /// The header of the cache file, before the hex digest.
@@ -151,7 +159,13 @@ impl FileControlPlane {
     /// Starts the control plane on an ephemeral port with `args` (the file, the tokens and any
     /// tuning flags) and waits until it listens.
     pub async fn start(args: Vec<String>) -> Self {
-        let (process, addr) = spawn_control_plane(&args, "127.0.0.1:0".parse().expect("address")).await;
+        Self::start_on("127.0.0.1:0".parse().expect("address"), args).await
+    }
+
+    /// [`FileControlPlane::start`] with `--listen listen` (such as `0.0.0.0:0`, to be reached
+    /// from a non-loopback address).
+    pub async fn start_on(listen: SocketAddr, args: Vec<String>) -> Self {
+        let (process, addr) = spawn_control_plane(&args, listen).await;
         Self {
             process: Some(process),
             args,
@@ -167,6 +181,15 @@ impl FileControlPlane {
     /// When the control plane is not running.
     pub fn logs(&self) -> &Logs {
         self.running().logs()
+    }
+
+    /// The process id of the running process.
+    ///
+    /// # Panics
+    ///
+    /// When the control plane is not running.
+    pub fn pid(&self) -> u32 {
+        self.running().pid()
     }
 
     fn running(&self) -> &Process {
@@ -199,8 +222,18 @@ impl FileControlPlane {
     ///
     /// When one is still running, or the new one does not listen.
     pub async fn restart(&mut self) {
+        self.restart_with_env(&[]).await;
+    }
+
+    /// [`FileControlPlane::restart`] with extra environment variables (such as
+    /// [`crate::faketime::stepped`]'s, to start it with its clock stepped back).
+    ///
+    /// # Panics
+    ///
+    /// When one is still running, or the new one does not listen.
+    pub async fn restart_with_env(&mut self, env: &[(String, String)]) {
         assert!(self.process.is_none(), "restart a control plane that was stopped");
-        let (process, addr) = spawn_control_plane(&self.args, self.addr()).await;
+        let (process, addr) = spawn_control_plane_with_env(&self.args, self.addr(), env).await;
         assert_eq!(addr, self.addr(), "restarted on another address");
         self.process = Some(process);
     }
@@ -246,6 +279,14 @@ impl FileControlPlane {
 }
 
 async fn spawn_control_plane(args: &[String], listen: SocketAddr) -> (Process, SocketAddr) {
+    spawn_control_plane_with_env(args, listen, &[]).await
+}
+
+async fn spawn_control_plane_with_env(
+    args: &[String],
+    listen: SocketAddr,
+    env: &[(String, String)],
+) -> (Process, SocketAddr) {
     let bin = tokio::task::spawn_blocking(|| bin_path("control-plane"))
         .await
         .expect("binary build task");
@@ -255,6 +296,7 @@ async fn spawn_control_plane(args: &[String], listen: SocketAddr) -> (Process, S
         .args(args);
     scrub_env(&mut cmd);
     cmd.env_remove("KUBECONFIG");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut process = Process::spawn("control plane (file mode)", &mut cmd);
     let addr = process.wait_listening(&["http"]).await[0];
     (process, addr)
@@ -278,15 +320,25 @@ impl Scene {
     }
 
     /// Writes `table` as the control plane's file and starts the control plane with
-    /// `--static-token-file` (accepting [`DP_TOKEN`]) and `extra` flags.
+    /// `--static-token-file` (accepting [`DP_TOKEN`]), `--state-dir` in the scene (unless `extra`
+    /// has one) and `extra` flags.
     pub async fn start(cells: Cells, table: &Table, extra: &[&str]) -> Self {
+        Self::start_on(cells, table, extra, "127.0.0.1:0".parse().expect("address")).await
+    }
+
+    /// [`Scene::start`] with the control plane listening on `listen`.
+    pub async fn start_on(cells: Cells, table: &Table, extra: &[&str], listen: SocketAddr) -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
         // Its own directory: the control plane watches the file's directory.
         std::fs::create_dir(dir.path().join("cp")).expect("create the control plane's directory");
         let cp_file = dir.path().join("cp").join("routing.json");
         write_replace(&cp_file, table.render().as_bytes()).expect("write the control plane's file");
         let tokens = dir.path().join("cp-tokens");
-        std::fs::write(&tokens, format!("# accepted data-plane tokens\n{DP_TOKEN}\n")).expect("write tokens");
+        std::fs::write(
+            &tokens,
+            format!("# accepted data-plane tokens\n{DP_TOKEN}\n{OTHER_TOKEN}\n"),
+        )
+        .expect("write tokens");
         std::fs::write(dir.path().join("dp-token"), format!("{DP_TOKEN}\n")).expect("write dp token");
         std::fs::write(dir.path().join("admin-token"), format!("{ADMIN_TOKEN}\n"))
             .expect("write admin token");
@@ -296,8 +348,15 @@ impl Scene {
             "--static-token-file".to_owned(),
             tokens.display().to_string(),
         ];
+        // Its versions are recorded in the scene, never in the home directory.
+        if !extra.contains(&"--state-dir") {
+            args.extend([
+                "--state-dir".to_owned(),
+                dir.path().join("cp-state").display().to_string(),
+            ]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let cp = FileControlPlane::start(args).await;
+        let cp = FileControlPlane::start_on(listen, args).await;
         Self {
             cells,
             cp,
@@ -309,6 +368,11 @@ impl Scene {
     /// The scene's temporary directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The control plane's `--state-dir` (unless the test passed its own).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("cp-state")
     }
 
     /// Replaces the control plane's file with `table` (write, then rename).
@@ -511,6 +575,12 @@ pub fn hello_with(id: &str, applied: Option<&Value>, capabilities: &[&str]) -> S
         "capabilities": capabilities,
     })
     .to_string()
+}
+
+/// The `identity` of a data plane's `/debug/dataplanes` record that holds the static token on
+/// `line`.
+pub fn static_identity(line: usize) -> Value {
+    json!({"kind": "static-token", "line": line})
 }
 
 /// A cache file, checked: its header, its checksum and its JSON payload.

@@ -7,6 +7,9 @@
 //!   its push endpoints: `/debug/dataplanes`, `/metrics`, the WebSocket address;
 //! - [`service_account`] and [`token`]: ServiceAccounts and their tokens, through kubectl (a lone
 //!   apiserver has no token controller, so TokenRequest is the only way to get one);
+//!   [`pod`] and [`pod_token`]: a Pod object (never scheduled: there is no kubelet) and a token
+//!   bound to it, which names the pod in its TokenReview (`authentication.kubernetes.io/pod-name`),
+//!   as a projected token volume's does;
 //! - [`follow`]: a real data plane following such a control plane with such a token.
 
 use std::path::Path;
@@ -95,6 +98,61 @@ pub async fn token(cluster: &Cluster, namespace: &str, name: &str, audience: Opt
     if let Some(audience) = audience {
         args.extend(["--audience", audience]);
     }
+    let token = cluster.kubectl_ok(&args, None).await.trim().to_owned();
+    assert!(!token.is_empty(), "kubectl {args:?} printed no token");
+    token
+}
+
+/// Creates the Pod `name` in `namespace` running as the ServiceAccount `service_account`, as the
+/// admin. Nothing runs it (the test apiserver has no scheduler or kubelet): it exists so tokens
+/// can be bound to it.
+///
+/// # Panics
+///
+/// When kubectl fails.
+pub async fn pod(cluster: &Cluster, namespace: &str, name: &str, service_account: &str) {
+    let manifest = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "serviceAccountName": service_account,
+            "containers": [{"name": "app", "image": "registry.invalid/app:never-pulled"}],
+        },
+    });
+    cluster
+        .kubectl_ok(&["create", "-f", "-"], Some(&manifest.to_string()))
+        .await;
+}
+
+/// A one-hour token of the ServiceAccount `namespace/service_account` for `audience`, bound to
+/// the Pod `pod` (`kubectl create token --bound-object-kind Pod`).
+///
+/// # Panics
+///
+/// When kubectl fails or prints no token.
+pub async fn pod_token(
+    cluster: &Cluster,
+    namespace: &str,
+    service_account: &str,
+    pod: &str,
+    audience: &str,
+) -> String {
+    let args = [
+        "create",
+        "token",
+        service_account,
+        "-n",
+        namespace,
+        "--duration",
+        "1h",
+        "--audience",
+        audience,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        pod,
+    ];
     let token = cluster.kubectl_ok(&args, None).await.trim().to_owned();
     assert!(!token.is_empty(), "kubectl {args:?} printed no token");
     token

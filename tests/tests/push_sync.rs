@@ -344,10 +344,11 @@ async fn the_active_source_is_reported_when_file_and_push_are_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_over_the_data_planes_message_limit_ends_only_that_session() {
+async fn a_snapshot_over_the_data_planes_message_limit_is_refused_without_a_reconnect_loop() {
     let cells = Scene::cells(&CELLS).await;
-    // About 8 KiB as a snapshot message: over the tiny data plane's 4 KiB limit. It arrives
-    // gzip-compressed well under 4 KiB, so what refuses it is the bound on its decompressed size.
+    // About 8 KiB as a snapshot message: over the tiny data plane's 4 KiB limit (which it
+    // announces in its hello). gzip would carry it well under 4 KiB, but the limit is on what the
+    // data plane has to decode.
     let table = routes(&cells).filler(300, "cell-c").customer("acme", "cell-a");
     let local = routes(&cells).customer("acme", "cell-b");
     let scene = Scene::start(cells, &table, &[]).await;
@@ -359,28 +360,61 @@ async fn a_snapshot_over_the_data_planes_message_limit_ends_only_that_session() 
     scene.cp.wait_state(&["dp-1"], "SYNCED", Some(v1), SOON).await;
     normal.wait_routes(&[("acme", "cell-a")], SOON).await;
 
-    let ended = tiny
-        .dp
-        .wait_for_log("the oversized snapshot to end the session", SOON, |r| {
-            r["message"] == "control-plane session ended; serving the current table and reconnecting"
-                && r["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("expands past 4096 bytes"))
-        })
+    // The control plane sends a too-large notice instead; the data plane NACKs it.
+    let rejected = scene
+        .cp
+        .wait_state(&["dp-tiny"], "REJECTED", Some(v1), SOON)
         .await;
-    eprintln!("the tiny data plane: {}", ended["error"]);
-    // It keeps serving its own table, stays ready, and keeps trying (with backoff).
+    let error = rejected[0]["record"]["nacked"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    eprintln!("the tiny data plane's NACK: {error}");
+    assert!(error.contains("--max-message-bytes 4096"), "{}", rejected[0]);
+    let bytes = scene.cp.metric("cellroute_snapshot_bytes", &[]).await;
+    assert!(
+        error.contains(&format!("{bytes}")),
+        "the NACK must name the size ({bytes}): {error}"
+    );
+    assert_eq!(
+        scene.cp.metric("cellroute_snapshots_too_large_total", &[]).await,
+        1.0
+    );
+    // It keeps serving its own table, stays ready, and keeps its one session.
     tiny.assert_routes(&[("acme", "cell-b")]).await;
     assert_eq!(tiny.admin.readyz().await.status, 200);
-    tiny.wait_counter("control_plane_sessions_total", 2.0, SOON).await;
-    let entry = scene.cp.dataplane("dp-tiny").await.expect("dp-tiny listed");
-    assert_ne!(entry["state"], "SYNCED", "{entry}");
-    // The control plane and the other data plane are unaffected.
-    assert_eq!(scene.cp.get("/healthz").await.status, 200);
+    let last_nack = tiny.config().await["control_plane"]["last_nack"].clone();
+    assert!(
+        last_nack.as_str().is_some_and(|n| n.contains("4096")),
+        "{last_nack}"
+    );
+
+    // The next version: the normal data plane applies it, the tiny one refuses it the same way,
+    // in the same session: it never dropped the connection for the size.
     let second = table.clone().customer("acme", "cell-c");
     let v2 = scene.publish(&second).await;
     normal.wait_routes(&[("acme", "cell-c")], SOON).await;
     scene.cp.wait_state(&["dp-1"], "SYNCED", Some(v2), SOON).await;
+    scene
+        .cp
+        .wait_state(&["dp-tiny"], "REJECTED", Some(v2), SOON)
+        .await;
+    assert_eq!(tiny.counter("control_plane_sessions_total").await, 1.0);
+    assert_eq!(tiny.counter("cellroute_snapshots_received_total").await, 2.0);
+    let ended = tiny
+        .dp
+        .logs()
+        .count(|r| r["message"] == "control-plane session ended; serving the current table and reconnecting");
+    assert_eq!(ended, 0, "the tiny data plane's session ended");
+    assert_eq!(scene.cp.get("/healthz").await.status, 200);
+
+    // Back under its limit: it applies the table.
+    let small = routes(&scene.cells).customer("acme", "cell-a");
+    let v3 = scene.publish(&small).await;
+    tiny.wait_routes(&[("acme", "cell-a")], SOON).await;
+    scene
+        .cp
+        .wait_state(&["dp-1", "dp-tiny"], "SYNCED", Some(v3), SOON)
+        .await;
 }
 
 async fn post_source(

@@ -1,16 +1,23 @@
 //! The snapshot push: data planes subscribe over WebSocket at `/v1/subscribe` and receive the
 //! served snapshot of their RoutingConfig, then every newly accepted version.
 //!
-//! - [`auth`]: who may connect (static tokens or Kubernetes TokenReview) and subscribe to what;
+//! - [`auth`]: who a data plane is (static tokens or Kubernetes TokenReview) and what it may
+//!   subscribe to;
 //! - [`publisher`]: each snapshot encoded once, shared by every subscriber, latest-wins;
-//! - [`session`]: one data plane's session: Hello, snapshots, ACK/NACK, heartbeats;
-//! - [`registry`]: what each data plane last reported, for `/debug/dataplanes` and status.
+//! - [`session`]: one data plane's session, authenticated → hello → subscribed → closed;
+//! - [`ledger`]: what a session was sent, which its ACKs and NACKs must match;
+//! - [`registry`]: what each data plane last reported, keyed by identity and id, for
+//!   `/debug/dataplanes` and status.
 //!
 //! A slow data plane never delays the others: each session waits only on its own socket, keeps
 //! at most one pending snapshot (the newest), and is dropped when a send does not complete in
-//! time. Connections are capped.
+//! time. Connections are capped, and the cap is checked before a token is reviewed, so a flood
+//! of connections cannot turn into a flood of TokenReviews. What a data plane sends is bounded
+//! by [`MAX_CLIENT_MESSAGE_BYTES`], whatever `--max-message-bytes` (the bound on what the
+//! control plane sends) is.
 
 pub mod auth;
+pub mod ledger;
 pub mod publisher;
 pub mod registry;
 pub mod session;
@@ -23,6 +30,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use routing_model::protocol::MAX_CLIENT_MESSAGE_BYTES;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +45,8 @@ use registry::Registry;
 /// Limits and timings of the push.
 #[derive(Debug, Clone, Copy)]
 pub struct PushSettings {
-    /// Largest message accepted or sent.
+    /// Largest message sent to a data plane (what a data plane sends is bounded by
+    /// [`MAX_CLIENT_MESSAGE_BYTES`]).
     pub max_message_bytes: usize,
     /// How often both sides ping.
     pub heartbeat: Duration,
@@ -68,14 +77,23 @@ pub struct PushState {
     pub shutdown: CancellationToken,
 }
 
-/// `GET /v1/subscribe`: authenticate, then upgrade. A missing or bad token gets 401 before the
-/// upgrade, so no config byte reaches an unauthenticated client.
+/// `GET /v1/subscribe`: check the connection cap, authenticate, then upgrade. A missing or bad
+/// token gets 401 before the upgrade, so no config byte reaches an unauthenticated client.
 pub async fn subscribe(
     State(s): State<PushState>,
     ConnectInfo(Remote(remote)): ConnectInfo<Remote>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // The cap first: a refused client costs no TokenReview.
+    let Ok(slot) = s.slots.clone().try_acquire_owned() else {
+        s.metrics.refused("too-many-connections");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "message": "too many data planes connected; retry later"})),
+        )
+            .into_response();
+    };
     let identity = match s.auth.authenticate(&headers).await {
         Ok(identity) => identity,
         Err(e) => {
@@ -89,25 +107,19 @@ pub async fn subscribe(
                 .into_response();
         }
     };
-    let Ok(slot) = s.slots.clone().try_acquire_owned() else {
-        s.metrics.refused("too-many-connections");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "error", "message": "too many data planes connected; retry later"})),
-        )
-            .into_response();
-    };
     let max = s.settings.max_message_bytes;
     upgrade
         .read_buffer_size(8 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max + 64 * 1024)
-        .max_message_size(max)
-        .max_frame_size(max)
+        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let tracker = s.sessions.clone();
             tracker.track_future(async move {
-                session::run(socket, remote, identity, s).await;
+                let metrics = s.metrics.clone();
+                let peer = session::Authenticated { identity, remote };
+                session::supervised(session::run(socket, peer, s), &metrics).await;
                 drop(slot);
             })
         })

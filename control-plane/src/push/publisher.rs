@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
-use routing_model::protocol::{MissingReason, ServerMessage, SnapshotMessage, SnapshotRef};
+use routing_model::protocol::{MissingReason, SnapshotMessageRef, SnapshotRef};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ pub struct Encoded {
     pub reference: SnapshotRef,
     /// When the control plane accepted it (for the convergence histogram).
     pub accepted_at: SystemTime,
-    /// The JSON text of the [`ServerMessage::Snapshot`].
+    /// The JSON text of the [`routing_model::protocol::ServerMessage::Snapshot`].
     pub text: Utf8Bytes,
     /// The same text, gzip-compressed, for data planes that negotiated `gzip`.
     pub gzip: bytes::Bytes,
@@ -123,14 +123,14 @@ impl Publisher {
         {
             return Published::Snapshot(encoded.clone());
         }
-        let message = ServerMessage::Snapshot(SnapshotMessage {
-            routing_config: key.to_string(),
-            snapshot: reference.clone(),
-            spec: served.config.spec().clone(),
-        });
         let started = std::time::Instant::now();
-        // Serializing plain structs into a String cannot fail.
-        let text = serde_json::to_string(&message).expect("snapshot serializes");
+        // Borrowed, not cloned: a large table is serialized straight from the served snapshot.
+        let text = SnapshotMessageRef {
+            routing_config: &key.to_string(),
+            snapshot: &reference,
+            spec: served.config.spec(),
+        }
+        .to_json();
         // Compressed once here rather than per session: every gzip subscriber shares it.
         let gzip = routing_model::compression::gzip(text.as_bytes());
         self.metrics

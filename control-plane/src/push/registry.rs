@@ -1,28 +1,52 @@
 //! What every data plane last reported, like `istioctl proxy-status`.
 //!
-//! A record is keyed by the data plane's id. A reconnect opens a new session under the same id;
-//! the end of an older session never marks the newer one disconnected.
+//! A record is keyed by who the data plane authenticated as (its [`Principal`]) together with
+//! the id its hello gave, so one identity can never touch another's record, and two pods of one
+//! name in two namespaces are two records. A reconnect under the same key opens a new session
+//! and supersedes the older one (which is told to close); the end of an older session never
+//! marks the newer one disconnected.
+//!
+//! Everything a record holds is bounded, because a peer chooses it: ids are Kubernetes names,
+//! NACK texts are cut to [`MAX_NACK_ERROR_BYTES`], and records of disconnected data planes are
+//! forgotten after [`FORGET_AFTER`] or when there are more than [`MAX_DISCONNECTED`] of them
+//! (oldest first).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use routing_model::protocol::SnapshotRef;
+use routing_model::protocol::{MAX_NACK_ERROR_BYTES, SnapshotRef, truncate};
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Principal;
 
 /// How long a disconnected data plane stays listed.
-const FORGET_AFTER: Duration = Duration::from_secs(600);
+pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// Most disconnected data planes listed at once; the longest gone are forgotten first.
+pub const MAX_DISCONNECTED: usize = 1024;
+
+/// Which record: who the data plane authenticated as, and the id it gave.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DataPlaneKey {
+    /// Who its credentials say it is.
+    pub principal: Principal,
+    /// Its id (the pod name), checked to be a Kubernetes name.
+    pub id: String,
+}
 
 /// One data plane.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     /// Its id (pod name).
     pub id: String,
+    /// Who it authenticated as.
+    pub identity: Principal,
     /// The RoutingConfig it serves.
     pub routing_config: String,
-    /// Who it authenticated as.
+    /// Who it authenticated as, as a user name.
     pub user: String,
     /// Its address.
     pub remote: String,
@@ -42,6 +66,9 @@ pub struct Record {
     pub acked_at: Option<f64>,
     /// The last snapshot it refused, and why.
     pub nacked: Option<Nack>,
+    /// Fired when a newer session under the same key takes over.
+    #[serde(skip)]
+    superseded: CancellationToken,
 }
 
 /// A refusal.
@@ -49,7 +76,7 @@ pub struct Record {
 pub struct Nack {
     /// The refused snapshot.
     pub snapshot: SnapshotRef,
-    /// The data plane's error.
+    /// The data plane's error (cut to [`MAX_NACK_ERROR_BYTES`]).
     pub error: String,
 }
 
@@ -98,9 +125,31 @@ pub struct Counts {
     pub last_rejection: Option<(String, i64, String)>,
 }
 
+/// A session's place in the registry, handed out by [`Registry::connect`].
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Its record's key.
+    pub key: DataPlaneKey,
+    /// Its number (later sessions have higher ones).
+    pub number: u64,
+    /// Fires when a newer session under the same key takes the record over.
+    pub superseded: CancellationToken,
+}
+
+/// What a new session of a data plane brings.
+#[derive(Debug, Clone)]
+pub struct Arrival<'a> {
+    /// The RoutingConfig it subscribes to (checked).
+    pub routing_config: &'a str,
+    /// Its user name.
+    pub user: &'a str,
+    /// Its address.
+    pub remote: &'a str,
+}
+
 /// All data planes.
 pub struct Registry {
-    records: Mutex<BTreeMap<String, Record>>,
+    records: Mutex<BTreeMap<DataPlaneKey, Record>>,
     sessions: AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -123,7 +172,7 @@ fn now() -> f64 {
 }
 
 impl Registry {
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Record>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<DataPlaneKey, Record>) -> R) -> R {
         let mut records = self
             .records
             .lock()
@@ -135,42 +184,51 @@ impl Registry {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    /// Records a new session; returns its number.
-    pub fn connect(&self, id: &str, routing_config: &str, user: &str, remote: &str) -> u64 {
-        let session = self.sessions.fetch_add(1, Ordering::Relaxed);
+    /// Records a new session under `key`; a session already open under it is superseded.
+    pub fn connect(&self, key: DataPlaneKey, arrival: &Arrival<'_>) -> Session {
+        let number = self.sessions.fetch_add(1, Ordering::Relaxed);
+        let superseded = CancellationToken::new();
         let t = now();
         self.with(|records| {
-            let previous = records.remove(id);
+            let previous = records.remove(&key);
+            if let Some(p) = &previous {
+                p.superseded.cancel();
+            }
             records.insert(
-                id.to_owned(),
+                key.clone(),
                 Record {
-                    id: id.to_owned(),
-                    routing_config: routing_config.to_owned(),
-                    user: user.to_owned(),
-                    remote: remote.to_owned(),
-                    session,
+                    id: key.id.clone(),
+                    identity: key.principal.clone(),
+                    routing_config: arrival.routing_config.to_owned(),
+                    user: arrival.user.to_owned(),
+                    remote: arrival.remote.to_owned(),
+                    session: number,
                     connected: true,
                     connected_since: t,
                     last_seen: t,
                     // A reconnecting data plane keeps what it had applied.
                     acked: previous
                         .as_ref()
-                        .filter(|p| p.routing_config == routing_config)
+                        .filter(|p| p.routing_config == arrival.routing_config)
                         .and_then(|p| p.acked.clone()),
                     acked_at: None,
                     nacked: None,
+                    superseded: superseded.clone(),
                 },
             );
-            let cutoff = t - FORGET_AFTER.as_secs_f64();
-            records.retain(|_, r| r.connected || r.last_seen > cutoff);
+            forget(records, t);
         });
         self.notify();
-        session
+        Session {
+            key,
+            number,
+            superseded,
+        }
     }
 
-    fn update(&self, id: &str, session: u64, f: impl FnOnce(&mut Record)) {
-        let changed = self.with(|records| match records.get_mut(id) {
-            Some(r) if r.session == session => {
+    fn update(&self, session: &Session, f: impl FnOnce(&mut Record)) {
+        let changed = self.with(|records| match records.get_mut(&session.key) {
+            Some(r) if r.session == session.number => {
                 r.last_seen = now();
                 f(r);
                 true
@@ -182,9 +240,9 @@ impl Registry {
         }
     }
 
-    /// The data plane said what it has applied (in its Hello).
-    pub fn applied(&self, id: &str, session: u64, snapshot: Option<SnapshotRef>) {
-        self.update(id, session, |r| {
+    /// The data plane said what it has applied (in its hello).
+    pub fn applied(&self, session: &Session, snapshot: Option<SnapshotRef>) {
+        self.update(session, |r| {
             if r.acked != snapshot {
                 r.acked_at = None;
             }
@@ -193,25 +251,27 @@ impl Registry {
     }
 
     /// The data plane applied a snapshot.
-    pub fn ack(&self, id: &str, session: u64, snapshot: SnapshotRef) {
-        self.update(id, session, |r| {
+    pub fn ack(&self, session: &Session, snapshot: SnapshotRef) {
+        self.update(session, |r| {
             r.acked = Some(snapshot);
             r.acked_at = Some(r.last_seen);
             r.nacked = None;
         });
     }
 
-    /// The data plane refused a snapshot.
-    pub fn nack(&self, id: &str, session: u64, snapshot: SnapshotRef, error: String) {
-        self.update(id, session, |r| r.nacked = Some(Nack { snapshot, error }));
+    /// The data plane refused a snapshot; `error` is cut to [`MAX_NACK_ERROR_BYTES`].
+    pub fn nack(&self, session: &Session, snapshot: SnapshotRef, error: &str) {
+        let error = truncate(error, MAX_NACK_ERROR_BYTES);
+        self.update(session, |r| r.nacked = Some(Nack { snapshot, error }));
     }
 
     /// The session ended.
-    pub fn disconnect(&self, id: &str, session: u64) {
-        self.update(id, session, |r| r.connected = false);
+    pub fn disconnect(&self, session: &Session) {
+        self.update(session, |r| r.connected = false);
+        self.with(|records| forget(records, now()));
     }
 
-    /// Every data plane, by id.
+    /// Every data plane, by identity and id.
     pub fn list(&self) -> Vec<Record> {
         self.with(|records| records.values().cloned().collect())
     }
@@ -242,5 +302,130 @@ impl Registry {
     /// Wakes on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+}
+
+/// Drops records of data planes gone longer than [`FORGET_AFTER`] (at `now`), then the longest
+/// gone beyond [`MAX_DISCONNECTED`].
+fn forget(records: &mut BTreeMap<DataPlaneKey, Record>, now: f64) {
+    let cutoff = now - FORGET_AFTER.as_secs_f64();
+    records.retain(|_, r| r.connected || r.last_seen > cutoff);
+    let disconnected = records.values().filter(|r| !r.connected).count();
+    if disconnected <= MAX_DISCONNECTED {
+        return;
+    }
+    let mut gone: Vec<(f64, DataPlaneKey)> = records
+        .iter()
+        .filter(|(_, r)| !r.connected)
+        .map(|(k, r)| (r.last_seen, k.clone()))
+        .collect();
+    gone.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, key) in gone.into_iter().take(disconnected - MAX_DISCONNECTED) {
+        records.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(line: usize, id: &str) -> DataPlaneKey {
+        DataPlaneKey {
+            principal: Principal::StaticToken { line },
+            id: id.to_owned(),
+        }
+    }
+
+    fn arrival() -> Arrival<'static> {
+        Arrival {
+            routing_config: "default/routes",
+            user: "static-token",
+            remote: "127.0.0.1:1",
+        }
+    }
+
+    fn snapshot(version: i64) -> SnapshotRef {
+        SnapshotRef {
+            lineage: "l".into(),
+            version,
+            hash: serde_json::from_str(&format!("\"sha256:{}\"", "ab".repeat(32))).unwrap(),
+        }
+    }
+
+    #[test]
+    fn identities_never_share_a_record() {
+        let registry = Registry::default();
+        let real = registry.connect(key(1, "dp-x"), &arrival());
+        registry.nack(&real, snapshot(1), "too many customers");
+        let other = registry.connect(key(2, "dp-x"), &arrival());
+        registry.ack(&other, snapshot(1));
+        assert!(!real.superseded.is_cancelled(), "another identity superseded it");
+        let records = registry.list();
+        assert_eq!(records.len(), 2);
+        let real_record = records
+            .iter()
+            .find(|r| r.identity == key(1, "dp-x").principal)
+            .unwrap();
+        assert_eq!(real_record.state(Some(&snapshot(1))), SyncState::Rejected);
+        registry.disconnect(&other);
+        let real_record = registry
+            .list()
+            .into_iter()
+            .find(|r| r.identity == key(1, "dp-x").principal)
+            .unwrap();
+        assert!(real_record.connected);
+    }
+
+    #[test]
+    fn a_newer_session_supersedes_and_an_older_end_changes_nothing() {
+        let registry = Registry::default();
+        let first = registry.connect(key(1, "dp-1"), &arrival());
+        registry.ack(&first, snapshot(1));
+        let second = registry.connect(key(1, "dp-1"), &arrival());
+        assert!(first.superseded.is_cancelled());
+        registry.disconnect(&first);
+        registry.nack(&first, snapshot(2), "late");
+        let record = &registry.list()[0];
+        assert!(record.connected);
+        assert_eq!(
+            record.acked,
+            Some(snapshot(1)),
+            "a reconnect keeps what was applied"
+        );
+        assert!(record.nacked.is_none());
+        registry.disconnect(&second);
+        assert!(!registry.list()[0].connected);
+    }
+
+    #[test]
+    fn nack_texts_are_cut() {
+        let registry = Registry::default();
+        let session = registry.connect(key(1, "dp-1"), &arrival());
+        registry.nack(&session, snapshot(1), &"é".repeat(1 << 20));
+        let stored = registry.list()[0].nacked.clone().unwrap().error;
+        assert!(stored.len() <= MAX_NACK_ERROR_BYTES + 3, "{} bytes", stored.len());
+    }
+
+    #[test]
+    fn disconnected_records_are_bounded_in_number_and_age() {
+        let registry = Registry::default();
+        for i in 0..MAX_DISCONNECTED + 50 {
+            let session = registry.connect(key(1, &format!("dp-{i}")), &arrival());
+            registry.disconnect(&session);
+        }
+        let live = registry.connect(key(1, "live"), &arrival());
+        let records = registry.list();
+        assert_eq!(records.iter().filter(|r| !r.connected).count(), MAX_DISCONNECTED);
+        assert!(records.iter().any(|r| r.id == "live" && r.connected));
+        assert!(
+            !records.iter().any(|r| r.id == "dp-0"),
+            "the longest gone is forgotten first"
+        );
+        // Later than FORGET_AFTER: only connected ones remain.
+        registry.with(|records| forget(records, now() + FORGET_AFTER.as_secs_f64() + 1.0));
+        let records = registry.list();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].id, "live");
+        registry.disconnect(&live);
     }
 }

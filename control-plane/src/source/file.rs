@@ -5,22 +5,24 @@
 //! invalid version is logged and counted while the last valid one keeps being served. The
 //! object key comes from the manifest's `metadata` (namespace `default` when absent).
 //!
-//! Versions are the Unix time in milliseconds at which a version was accepted (and always at
-//! least one more than the previous), so they keep rising across control-plane restarts; the
-//! lineage is the file's absolute path.
+//! Versions count the file's contents (see [`super::versions`]): the same content keeps its
+//! version, across restarts too, and a new one gets the next, whatever the clock says. The
+//! lineage is `file:<absolute path>#<epoch>`, recorded under `--state-dir`.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use routing_model::ParseLimits;
+use routing_model::protocol::SnapshotRef;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::versions::Versions;
 use super::{ConfigSource, SourceContext};
 use crate::metrics::ReconcileResult;
-use crate::snapshot::{ObjectKey, Offered};
+use crate::snapshot::ObjectKey;
 
 /// The file source.
 pub struct FileSource {
@@ -30,26 +32,25 @@ pub struct FileSource {
     pub debounce: Duration,
     /// Parse limits.
     pub limits: ParseLimits,
+    /// Where versions are recorded across restarts (`None`: a new lineage on every start).
+    pub state_dir: Option<PathBuf>,
 }
 
 struct State {
     path: PathBuf,
-    lineage: String,
+    versions: Versions,
     limits: ParseLimits,
     key: Option<ObjectKey>,
-    last_version: i64,
 }
 
 impl ConfigSource for FileSource {
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, anyhow::Result<()>> {
         async move {
-            let absolute = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
             let mut state = State {
                 path: self.path.clone(),
-                lineage: format!("file:{}", absolute.display()),
+                versions: Versions::open(self.state_dir.as_deref(), &self.path),
                 limits: self.limits,
                 key: None,
-                last_version: 0,
             };
             let (_watch, mut changes) = config_watch::watch(&self.path, self.debounce)
                 .with_context(|| format!("cannot watch --from-file {}", self.path.display()))?;
@@ -82,18 +83,7 @@ impl State {
             .snapshot_build
             .observe(started.elapsed().as_secs_f64());
         let key = match &loaded {
-            Ok(config) => ObjectKey {
-                namespace: config
-                    .metadata()
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".to_owned()),
-                name: config
-                    .metadata()
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| file_stem(&self.path)),
-            },
+            Ok(config) => object_key(config, &self.path),
             Err(_) => self.key.clone().unwrap_or_else(|| ObjectKey {
                 namespace: "default".to_owned(),
                 name: file_stem(&self.path),
@@ -106,29 +96,50 @@ impl State {
             tracing::info!(target: "audit", object = %old, renamed_to = %key, "the file now names another object; the old one is no longer served");
         }
         self.key = Some(key.clone());
-        // Touching the file without changing its content is not a new version.
-        if let Ok(config) = &loaded {
-            let same = ctx
-                .store
-                .get(&key)
-                .and_then(|s| s.served)
-                .is_some_and(|s| s.lineage == self.lineage && s.hash == config.hash());
-            if same {
-                ctx.metrics.reconciled(ReconcileResult::Unchanged);
-                tracing::debug!(object = %key, trigger, "file unchanged");
-                return;
+        let (lineage, version, candidate) = match loaded {
+            Ok(config) => {
+                let hash = config.hash();
+                let (lineage, version) = self.versions.peek(Some(hash));
+                // Touching the file without changing its content is not a new version.
+                let reference = SnapshotRef {
+                    lineage,
+                    version,
+                    hash,
+                };
+                if ctx.store.served_ref(&key).as_ref() == Some(&reference) {
+                    ctx.metrics.reconciled(ReconcileResult::Unchanged);
+                    tracing::debug!(object = %key, trigger, "file unchanged");
+                    return;
+                }
+                // Only a version that can be delivered is recorded (and then served).
+                match ctx.store.deliverable(&key, &reference, &config) {
+                    Ok(_) => {
+                        let (lineage, version) = self.versions.commit(hash);
+                        (lineage, version, Ok(config))
+                    }
+                    Err(e) => (reference.lineage, reference.version, Err(e)),
+                }
             }
-        }
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let version = now_ms.max(self.last_version + 1);
-        let offered = ctx.store.offer(&key, &self.lineage, version, loaded);
-        if offered == Offered::Accepted {
-            self.last_version = version;
-        }
+            Err(e) => {
+                let (lineage, version) = self.versions.peek(None);
+                (lineage, version, Err(e))
+            }
+        };
+        let offered = ctx.store.offer(&key, &lineage, version, candidate);
         super::record(&ctx.metrics, &ctx.store, &key, version, &offered);
+    }
+}
+
+/// The object a manifest file stands for: its `metadata`, with namespace `default` and the file's
+/// stem as the name when absent.
+pub fn object_key(config: &routing_model::ValidatedConfig, path: &std::path::Path) -> ObjectKey {
+    ObjectKey {
+        namespace: config
+            .metadata()
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        name: config.metadata().name.clone().unwrap_or_else(|| file_stem(path)),
     }
 }
 

@@ -3,11 +3,13 @@
 //!
 //! - [`kubernetes`]: RoutingConfig custom resources, through kube-runtime's `Controller`, with
 //!   status and Events;
-//! - [`file`]: one RoutingConfig manifest from a watched file, for running without a cluster.
+//! - [`file`]: one RoutingConfig manifest from a watched file, for running without a cluster,
+//!   with [`versions`]: its snapshot identities, kept across restarts in a state file.
 
 pub mod file;
 pub mod kubernetes;
 pub mod replicas;
+pub mod versions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
