@@ -15,10 +15,13 @@
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
 //! - [`fixture`]: cells, config file, token file and data plane started together;
+//! - [`fault`]: failing system calls (`strace`), a tiny disk, a network namespace for a peer
+//!   that is not on loopback;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
-//! `KUBECONFIG`, which `scripts/test` starts on loopback).
+//! `KUBECONFIG`, which `scripts/test` starts on loopback), except [`fault::NetNs`], which
+//! connects to a network namespace the test itself created.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -30,6 +33,7 @@ pub mod control_plane;
 pub mod cp_http;
 pub mod echo;
 pub mod example;
+pub mod fault;
 pub mod fixture;
 pub mod journey;
 pub mod k8s;
