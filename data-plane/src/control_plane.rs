@@ -24,7 +24,10 @@
 //! table throughout; losing the control plane never changes routing.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -33,6 +36,7 @@ use routing_model::protocol::{
     CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MAX_NACK_ERROR_BYTES, MissingReason,
     PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotMessage, SnapshotRef, truncate,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -212,7 +216,24 @@ async fn session(
         .write_buffer_size(0)
         .max_write_buffer_size(settings.max_message_bytes + 64 * 1024);
     let connector = settings.tls.clone().map(tokio_tungstenite::Connector::Rustls);
-    let connect = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    let activity = Activity::new();
+    let connect = async {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        // A snapshot's last segment must not wait for a delayed ACK.
+        tcp.set_nodelay(true).map_err(tungstenite::Error::Io)?;
+        let watched = Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        };
+        tokio_tungstenite::client_async_tls_with_config(request, watched, Some(config), connector).await
+    };
     let (ws, _) = tokio::time::timeout(settings.heartbeat_timeout, connect)
         .await
         .map_err(|_| SessionError::ConnectTimeout(settings.heartbeat_timeout))??;
@@ -240,7 +261,6 @@ async fn session(
 
     let mut ping = tokio::time::interval(settings.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
     // Snapshots applied outside a push reply (an operator releasing break-glass re-applies the
     // newest pushed one) are ACKed too, so the control plane's view does not go stale.
     let mut applied = state.applied_snapshots();
@@ -279,8 +299,10 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
-                // While a message is being decoded no frame is read, so silence is not a sign.
-                if decoding.is_none() && last_seen.elapsed() > settings.heartbeat_timeout {
+                // Any byte from the control plane is a sign of life: a large snapshot can take
+                // longer to arrive than the timeout. While a message is being decoded nothing is
+                // read, so silence then is not a sign.
+                if decoding.is_none() && activity.quiet_for() > settings.heartbeat_timeout {
                     return Err(SessionError::Silent(settings.heartbeat_timeout));
                 }
                 sink.send(Message::Ping(Default::default())).await?;
@@ -289,7 +311,6 @@ async fn session(
                 let Some(frame) = frame else {
                     return Err(SessionError::Closed("connection closed".into()));
                 };
-                last_seen = Instant::now();
                 touch(state, metrics);
                 let wire = match frame? {
                     Message::Text(body) => Wire::Text(body),
@@ -306,7 +327,7 @@ async fn session(
             }
             decoded = join(decoding.as_mut()) => {
                 decoding = None;
-                last_seen = Instant::now();
+                activity.touch();
                 let decoded = decoded.map_err(|e| SessionError::Protocol(format!("decoding failed: {e}")))?;
                 match decoded? {
                     ServerMessage::Snapshot(snapshot) => {
@@ -339,6 +360,64 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// When bytes last arrived from the control plane.
+#[derive(Debug, Clone)]
+struct Activity {
+    base: Instant,
+    /// Milliseconds since `base`.
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last.fetch_max(now, AtomicOrdering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(AtomicOrdering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+/// The connection to the control plane, noting every read that brought bytes.
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
