@@ -53,10 +53,15 @@ async fn a_managed_data_plane_refuses_a_rollback_and_reports_break_glass() {
     for path in ["/admin/rollback", "/admin/rollback?generation=1"] {
         let refused = post(&dp, path, "").await;
         assert_eq!(refused.status, 409, "{path}: {refused}");
-        assert_eq!(refused.str("message"), "Configuration rollback failed", "{refused}");
+        assert_eq!(
+            refused.str("message"),
+            "Configuration rollback failed",
+            "{refused}"
+        );
         let error = refused.str("error");
         assert!(
-            error.contains("manages this data plane's routing") && error.contains("roll back the RoutingConfig"),
+            error.contains("manages this data plane's routing")
+                && error.contains("roll back the RoutingConfig"),
             "{error}"
         );
     }
@@ -64,7 +69,10 @@ async fn a_managed_data_plane_refuses_a_rollback_and_reports_break_glass() {
     let config = dp.config().await;
     assert_eq!(config["config_generation"], generation, "{config}");
     assert_eq!(config["mode"], "managed", "{config}");
-    assert!(config["last_error"].is_null(), "a refusal is not a bad config: {config}");
+    assert!(
+        config["last_error"].is_null(),
+        "a refusal is not a bad config: {config}"
+    );
     assert_eq!(dp.counter("config_reload_failure_total").await, 0.0);
     // And the control plane's view is still the truth.
     scene.cp.wait_state(&[ID], "SYNCED", Some(v2), SOON).await;
@@ -74,7 +82,9 @@ async fn a_managed_data_plane_refuses_a_rollback_and_reports_break_glass() {
     assert_eq!(pinned.status, 200, "{pinned}");
     dp.assert_routes(&[("acme", "cell-b")]).await;
     let rejected = scene.cp.wait_state(&[ID], "REJECTED", Some(v2), SOON).await;
-    let error = rejected[0]["record"]["nacked"]["error"].as_str().unwrap_or_default();
+    let error = rejected[0]["record"]["nacked"]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.contains("pinned"), "{}", rejected[0]);
 
     // Pinned, the operator owns the table: a rollback applies (back to the pushed content).
