@@ -29,6 +29,26 @@ pub fn strace_inject(syscalls: &[&str], errno: &str) -> Vec<String> {
     ]
 }
 
+/// The command prefix that runs a binary under `strace` delaying every call of `syscalls` by
+/// `delay` before it runs (the process sits inside the call meanwhile, for example between
+/// writing a temp file and renaming it), following its threads, printing nothing.
+pub fn strace_delay(syscalls: &[&str], delay: Duration) -> Vec<String> {
+    let set = syscalls.join(",");
+    vec![
+        "strace".to_owned(),
+        "-f".to_owned(),
+        "--seccomp-bpf".to_owned(),
+        "-qq".to_owned(),
+        "-o".to_owned(),
+        "/dev/null".to_owned(),
+        "-e".to_owned(),
+        format!("trace={set}"),
+        "-e".to_owned(),
+        // strace takes the delay in microseconds.
+        format!("inject={set}:delay_enter={}", delay.as_micros()),
+    ]
+}
+
 /// The pid of the one child of `parent` (the program `strace` runs), waiting for it to appear.
 ///
 /// # Panics
