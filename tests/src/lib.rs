@@ -17,6 +17,8 @@
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`fault`]: failing system calls (`strace`), a tiny disk, a network namespace for a peer
 //!   that is not on loopback;
+//! - [`scripted_cp`]: the server side of the snapshot protocol, sending what a data-plane test
+//!   says (bursts, refusable snapshots) where the real control plane never would;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
@@ -42,5 +44,6 @@ pub mod proxy;
 pub mod push;
 pub mod push_k8s;
 pub mod relay;
+pub mod scripted_cp;
 pub mod wait;
 pub mod ws;
