@@ -11,7 +11,9 @@
 //! control-plane snapshots are handed to the [`crate::cache::writer`].
 //!
 //! Failures of *content* are recorded (counted, audited, shown as `last_error`); `last_error`
-//! is cleared by the next success from the same origin (see [`SharedState::clear_last_error_from`]).
+//! is cleared by the next success from the same origin (see [`SharedState::clear_last_error_from`]),
+//! and a file error also by the file found valid while the control plane manages routing (the
+//! file is then checked, not applied).
 //! A file reload can ask for its failure to be *deferred*: the watcher does so for the first
 //! read after a burst of events, because a file written in place may be read half-written; it
 //! records the failure only if the file is still invalid once it has been quiet.
@@ -401,8 +403,37 @@ impl Applier {
                 trigger = trigger.as_str(),
                 "the local config file was not applied: the control plane manages routing (force it with POST /admin/source)"
             );
+            self.recheck_file_error(trigger).await;
         }
         decided
+    }
+
+    /// While managed the file is not applied, but a `last_error` saying it is invalid must not
+    /// outlive the fix: when there is one, the file is checked as a reload would (without
+    /// applying it), and the error cleared if it now passes.
+    async fn recheck_file_error(&self, trigger: Trigger) {
+        if self.state.last_error().is_none_or(|e| e.source != Source::File) {
+            return;
+        }
+        let Ok((bytes, _)) = self.read_file().await else {
+            return;
+        };
+        let limits = self.limits;
+        let valid = tokio::task::spawn_blocking(move || {
+            let config = routing_model::load(&bytes, limits.parse).ok()?;
+            // A throwaway registry: a file that is not applied must not add metric series.
+            compile::compile(&config, &limits, &Metrics::new()).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if valid && self.state.clear_last_error_from(Source::File) {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                "the local config file is valid again (not applied: the control plane manages routing); last_error cleared"
+            );
+        }
     }
 
     async fn rollback(&mut self, generation: Option<u64>) -> Result<Applied, ApplyError> {

@@ -5,13 +5,15 @@
 //! - Pinning the local file (break-glass) makes the data plane tell the control plane at once
 //!   (its version is then REJECTED as pinned), without waiting for the next version; a rollback
 //!   while pinned is the operator's to make; releasing the pin makes it SYNCED again.
+//! - A local file error does not outlive the fix while managed: the fixed file is checked (not
+//!   applied) and `last_error` cleared.
 
 #![forbid(unsafe_code)]
 
 use cellroute_tests::client::Reply;
 use cellroute_tests::fixture::Cells;
 use cellroute_tests::push::{Follower, Scene, Table};
-use cellroute_tests::wait::SOON;
+use cellroute_tests::wait::{SOON, eventually};
 
 const CELLS: [&str; 3] = ["cell-a", "cell-b", "cell-c"];
 const ID: &str = "dp-1";
@@ -103,4 +105,37 @@ async fn a_managed_data_plane_refuses_a_rollback_and_reports_break_glass() {
     let config = dp.config().await;
     assert_eq!(config["source"], "control-plane", "{config}");
     assert_eq!(config["snapshot"]["version"], v2, "{config}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_file_fixed_while_managed_clears_its_last_error_without_applying() {
+    let cells = Scene::cells(&CELLS).await;
+    let pushed = routes(&cells).customer("acme", "cell-a");
+    let scene = Scene::start(cells, &pushed, &[]).await;
+    let v1 = scene.cp.wait_served(&pushed).await;
+    // No local file at start: a file error, then the push makes the data plane managed.
+    let dp = scene.follower(ID, None, &[]).await;
+    scene.cp.wait_state(&[ID], "SYNCED", Some(v1), SOON).await;
+    let config = dp.config().await;
+    assert_eq!(config["mode"], "managed", "{config}");
+    assert_eq!(config["last_error"]["source"], "file", "{config}");
+    let failures = dp.counter("config_reload_failure_total").await;
+
+    // The file appears, valid: not applied (managed), but no longer reported as broken.
+    dp.write_local(&routes(&scene.cells).customer("acme", "cell-b"));
+    eventually("last_error to clear", SOON, || async {
+        let config = dp.config().await;
+        if config["last_error"].is_null() {
+            Ok(config)
+        } else {
+            Err(format!("{config}"))
+        }
+    })
+    .await;
+    dp.assert_routes(&[("acme", "cell-a")]).await;
+    let config = dp.config().await;
+    assert_eq!(config["mode"], "managed", "{config}");
+    assert_eq!(config["source"], "control-plane", "{config}");
+    assert_eq!(dp.counter("config_reload_failure_total").await, failures);
+    scene.cp.wait_state(&[ID], "SYNCED", Some(v1), SOON).await;
 }
