@@ -1,10 +1,10 @@
-//! Fault injection against the real binaries: failing system calls with `strace`, a tiny disk,
-//! and a network namespace so that a server sees a peer that is not on loopback.
+//! Fault injection against the real binaries: failing or delaying system calls with `strace`,
+//! and a network namespace so that a server sees a peer that is not on loopback. (The tiny disk
+//! of the full-disk test lives in `tests/push_cache.rs`.)
 //!
 //! All of it needs root (CI and the development machines run as root); each helper fails the
 //! test with the reason when it cannot do its job, never skips.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,49 +63,6 @@ pub fn child_pid(parent: u32) -> u32 {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("{path} is empty"))
     })
-}
-
-/// A tiny tmpfs, unmounted on drop.
-#[derive(Debug)]
-pub struct TinyDisk {
-    path: PathBuf,
-}
-
-impl TinyDisk {
-    /// Mounts a tmpfs of `size` (for example `"64k"`) at `path`.
-    ///
-    /// # Panics
-    ///
-    /// When mounting fails (it needs root).
-    pub fn mount(path: &Path, size: &str) -> Self {
-        std::fs::create_dir_all(path).expect("create the mount point");
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            output.status.success(),
-            "cannot mount a tmpfs at {} (this test needs root): {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Self {
-            path: path.to_owned(),
-        }
-    }
-
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for TinyDisk {
-    fn drop(&mut self) {
-        // Lazy: a process still holding the directory must not keep the mount alive.
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 /// A network namespace joined to this one by a veth pair, removed on drop.

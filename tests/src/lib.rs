@@ -15,7 +15,7 @@
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
 //! - [`fixture`]: cells, config file, token file and data plane started together;
-//! - [`fault`]: failing system calls (`strace`), a tiny disk, a network namespace for a peer
+//! - [`fault`]: failing or delaying system calls (`strace`), a network namespace for a peer
 //!   that is not on loopback;
 //! - [`scripted_cp`]: the server side of the snapshot protocol, sending what a data-plane test
 //!   says (bursts, refusable snapshots) where the real control plane never would;
