@@ -99,6 +99,11 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Longest a steady stream of file events can delay a reload (--from-file): a file rewritten
+    /// faster than --reload-debounce is still re-read at least this often.
+    #[arg(long, env = "CELLROUTE_RELOAD_MAX_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reload_max_wait: Duration,
+
     /// File of bearer tokens accepted from data planes, one per line (out of a cluster). In a
     /// cluster, data planes' ServiceAccount tokens are checked with TokenReview instead.
     #[arg(long, env = "CELLROUTE_STATIC_TOKEN_FILE", value_name = "FILE")]

@@ -68,6 +68,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Box::new(FileSource {
             path: path.clone(),
             debounce: args.reload_debounce,
+            max_wait: args.reload_max_wait,
             limits: ParseLimits {
                 max_bytes: args.max_config_bytes,
             },

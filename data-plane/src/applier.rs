@@ -1,31 +1,39 @@
 //! The one task through which every routing change is applied.
 //!
-//! Reloads, rollbacks and (later) control-plane snapshots are commands on one channel, so they
-//! are applied in a total order and two changes can never interleave. Each apply is
-//! all-or-nothing: the candidate is read, parsed, validated and compiled on a blocking thread;
-//! only a fully built table is swapped in. A panic while building is caught by that thread's
+//! Reloads, rollbacks, source switches and control-plane snapshots are commands on one channel,
+//! so they are applied in a total order and two changes can never interleave. Each command first
+//! asks [`crate::precedence::decide`] whether it may apply in the current mode; then the
+//! candidate is read, parsed, validated and compiled ([`crate::compile`]) on a blocking thread,
+//! and only a fully built table is swapped in. A panic while building is caught by that thread's
 //! join handle, reported as a failed apply, and leaves the active table untouched.
 //!
-//! It also owns source precedence. Once a control-plane snapshot is active the data plane is
-//! *managed*: local file changes are logged and not applied. An operator can pin the data plane
-//! to its file (break-glass), after which pushed snapshots are refused until it is released.
 //! Snapshots never regress: within one lineage an older version is refused. Applied
-//! control-plane snapshots are handed to the last-known-good cache writer.
+//! control-plane snapshots are handed to the [`crate::cache::writer`].
+//!
+//! Failures of *content* are recorded (counted, audited, shown as `last_error`); `last_error`
+//! is cleared by the next success from the same origin (see [`SharedState::clear_last_error_from`]),
+//! and a file error also by the file found valid while the control plane manages routing (the
+//! file is then checked, not applied).
+//! A file reload can ask for its failure to be *deferred*: the watcher does so for the first
+//! read after a burst of events, because a file written in place may be read half-written; it
+//! records the failure only if the file is still invalid once it has been quiet.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http::HeaderName;
 use routing_model::protocol::{Ordering, SnapshotMessage, SnapshotRef};
-use routing_model::{ConfigDiff, ConfigError, ContentHash, ParseLimits, RoutingTable, ValidatedConfig};
-use tokio::sync::{mpsc, oneshot, watch};
+use routing_model::{ConfigDiff, ConfigError, ContentHash, ValidatedConfig};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::SnapshotCache;
+use crate::cache::writer::CacheWriter;
+use crate::compile::{self, CompileError};
 use crate::metrics::Metrics;
+use crate::precedence::{self, Change, Refusal};
 use crate::state::{ActiveConfig, HistoryEntry, LastError, Mode, SharedState, Source, Trigger, unix_seconds};
-use crate::upstream::{Upstream, UpstreamError};
+
+pub use crate::compile::Limits;
 
 /// How many entries of each kind of change a history entry or audit line keeps.
 const DIFF_SAMPLE: usize = 20;
@@ -36,20 +44,15 @@ pub enum ApplyError {
     /// A reload was asked for but the data plane runs without `--config`.
     #[error("no config file: start the data plane with --config FILE to reload from a file")]
     NoConfigFile,
-    /// The config file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    /// The config file could not be read (missing, unreadable, too large).
+    #[error("{0}")]
+    Read(#[from] config_watch::ReadError),
     /// The content was rejected; the message names the offending key.
     #[error("{0}")]
     Config(#[from] ConfigError),
-    /// An endpoint passed validation but could not be turned into an upstream.
+    /// The config is valid but this data plane cannot serve it (a limit, an endpoint).
     #[error("{0}")]
-    Upstream(#[from] UpstreamError),
+    Compile(#[from] CompileError),
     /// Building the table panicked; this is a bug, and the old table stays active.
     #[error("internal error while building the routing table: {0}")]
     Panicked(String),
@@ -59,16 +62,9 @@ pub enum ApplyError {
     /// The applier has stopped (the process is shutting down).
     #[error("the data plane is shutting down")]
     ShuttingDown,
-    /// A local file change while the control plane manages routing.
-    #[error(
-        "the control plane manages this data plane's routing, so local file changes are not applied; force the file with POST /admin/source {{\"source\":\"file\"}}"
-    )]
-    Managed,
-    /// A pushed snapshot while an operator pinned the data plane to its file.
-    #[error(
-        "an operator pinned this data plane to its local file (POST /admin/source); control-plane snapshots are not applied until it is released"
-    )]
-    Pinned,
+    /// The current mode does not allow this change (see [`crate::precedence`]).
+    #[error("{0}")]
+    Refused(#[from] Refusal),
     /// A pushed snapshot older than the active one of the same lineage.
     #[error(
         "snapshot version {offered} is older than the active version {active} of the same RoutingConfig; not applied"
@@ -87,9 +83,6 @@ pub enum ApplyError {
         /// The hash of the content.
         computed: ContentHash,
     },
-    /// The config is valid but over a limit of this data plane.
-    #[error("{0}")]
-    Limit(String),
     /// Asked to return to the control plane before it sent anything.
     #[error("no control-plane snapshot has been received yet; the data plane stays on its current table")]
     NoSnapshot,
@@ -103,8 +96,7 @@ impl ApplyError {
             self,
             ApplyError::ShuttingDown
                 | ApplyError::Rollback(_)
-                | ApplyError::Managed
-                | ApplyError::Pinned
+                | ApplyError::Refused(_)
                 | ApplyError::Stale { .. }
                 | ApplyError::NoSnapshot
         )
@@ -134,30 +126,42 @@ pub struct Applied {
     pub rolled_back_to: Option<u64>,
 }
 
+/// What to do with a failed file reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Count it, audit it and show it as `last_error` (every explicit reload).
+    Record,
+    /// Only return it: the caller will look again once the file has settled.
+    Defer,
+}
+
+type Reply = oneshot::Sender<Result<Applied, ApplyError>>;
+
 enum Command {
     ReloadFile {
         trigger: Trigger,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        on_failure: OnFailure,
+        reply: Reply,
     },
     ApplyBytes {
         bytes: Vec<u8>,
         source: Source,
         trigger: Trigger,
         detail: String,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        reply: Reply,
     },
     Rollback {
         generation: Option<u64>,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        reply: Reply,
     },
     ApplySnapshot {
         snapshot: Arc<SnapshotMessage>,
         source: Source,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        reply: Reply,
     },
     SetSource {
         source: PreferredSource,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+        reply: Reply,
     },
 }
 
@@ -170,10 +174,24 @@ pub struct ApplierHandle {
 impl ApplierHandle {
     /// Re-reads the `--config` file and applies it if it is valid and different.
     pub async fn reload_file(&self, trigger: Trigger) -> Result<Applied, ApplyError> {
-        self.ask(|reply| Command::ReloadFile { trigger, reply }).await
+        self.reload_file_then(trigger, OnFailure::Record).await
     }
 
-    /// Applies a document given as bytes.
+    /// [`Self::reload_file`], choosing whether a failure is recorded.
+    pub async fn reload_file_then(
+        &self,
+        trigger: Trigger,
+        on_failure: OnFailure,
+    ) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::ReloadFile {
+            trigger,
+            on_failure,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies a document given as bytes, bypassing source precedence (benchmarks and tests).
     pub async fn apply_bytes(
         &self,
         bytes: Vec<u8>,
@@ -216,10 +234,7 @@ impl ApplierHandle {
         self.ask(|reply| Command::SetSource { source, reply }).await
     }
 
-    async fn ask(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<Applied, ApplyError>>) -> Command,
-    ) -> Result<Applied, ApplyError> {
+    async fn ask(&self, make: impl FnOnce(Reply) -> Command) -> Result<Applied, ApplyError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(make(reply))
@@ -237,26 +252,8 @@ pub struct Applier {
     limits: Limits,
     /// The newest snapshot the control plane pushed, applied or not (for leaving break-glass).
     latest_pushed: Option<Arc<SnapshotMessage>>,
-    /// Hands applied control-plane snapshots to the cache writer.
-    persist: Option<watch::Sender<Option<Arc<SnapshotMessage>>>>,
-}
-
-/// Limits on what the applier accepts.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Parse limits of config documents.
-    pub parse: ParseLimits,
-    /// Most customers a table may hold on this data plane.
-    pub max_customers: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            parse: ParseLimits::default(),
-            max_customers: routing_model::validate::MAX_CUSTOMERS,
-        }
-    }
+    /// Persists applied control-plane snapshots.
+    persist: Option<CacheWriter>,
 }
 
 /// What the applier starts with.
@@ -299,7 +296,7 @@ impl Applier {
         let (tx, rx) = mpsc::channel(64);
         let persist = settings
             .cache
-            .map(|cache| spawn_cache_writer(cache, settings.metrics.clone()));
+            .map(|cache| CacheWriter::spawn(cache, settings.metrics.clone()));
         let applier = Self {
             state: settings.state,
             metrics: settings.metrics,
@@ -315,23 +312,19 @@ impl Applier {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.recv().await {
             match cmd {
-                Command::ReloadFile { trigger, reply } => {
-                    if self.state.mode() == Mode::Managed {
-                        tracing::info!(
-                            trigger = trigger.as_str(),
-                            "the local config file was not applied: the control plane manages routing (force it with POST /admin/source)"
-                        );
-                        let _ = reply.send(Err(ApplyError::Managed));
-                        continue;
-                    }
-                    let result = match self.read_file().await {
-                        Ok((bytes, detail)) => {
-                            self.apply(Input::Bytes(bytes), Source::File, trigger, detail, None)
-                                .await
+                Command::ReloadFile {
+                    trigger,
+                    on_failure,
+                    reply,
+                } => {
+                    let result = self.reload_file(trigger).await;
+                    let result = match (on_failure, &result) {
+                        (OnFailure::Defer, Err(e)) if e.is_content_error() => {
+                            tracing::info!(trigger = trigger.as_str(), error = %e, "the config file is not valid yet (it may still be being written); looking again once it has been quiet");
+                            result
                         }
-                        Err(e) => Err(e),
+                        _ => self.record(result, Source::File, trigger),
                     };
-                    let result = self.record(result, Source::File, trigger);
                     let _ = reply.send(result);
                 }
                 Command::ApplyBytes {
@@ -347,20 +340,7 @@ impl Applier {
                     let _ = reply.send(self.record(result, source, trigger));
                 }
                 Command::Rollback { generation, reply } => {
-                    let result = match self.rollback_target(generation) {
-                        Ok(entry) => {
-                            let detail = format!("generation {}", entry.generation);
-                            self.apply(
-                                Input::Validated(entry.config),
-                                Source::Rollback,
-                                Trigger::AdminRollback,
-                                detail,
-                                Some(entry.generation),
-                            )
-                            .await
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let result = self.rollback(generation).await;
                     let _ = reply.send(self.record(result, Source::Rollback, Trigger::AdminRollback));
                 }
                 Command::ApplySnapshot {
@@ -368,12 +348,13 @@ impl Applier {
                     source,
                     reply,
                 } => {
-                    let trigger = if source == Source::Cache {
-                        Trigger::Startup
+                    let (change, trigger) = if source == Source::Cache {
+                        (Change::CacheLoad, Trigger::Startup)
                     } else {
-                        Trigger::Push
+                        self.latest_pushed = Some(snapshot.clone());
+                        (Change::Push, Trigger::Push)
                     };
-                    let result = self.apply_snapshot(snapshot, source, trigger).await;
+                    let result = self.apply_snapshot(change, snapshot, source, trigger).await;
                     let _ = reply.send(self.record(result, source, trigger));
                 }
                 Command::SetSource { source, reply } => {
@@ -384,76 +365,161 @@ impl Applier {
         }
     }
 
+    /// Asks precedence whether `change` may apply now; on success of `apply`, enters the mode it
+    /// names. The one place the mode changes.
+    async fn decided<F>(&mut self, change: Change, apply: F) -> Result<Applied, ApplyError>
+    where
+        F: AsyncFnOnce(&mut Self) -> Result<Applied, ApplyError>,
+    {
+        let before = self.state.mode();
+        let then = precedence::decide(before, change)?;
+        let applied = apply(self).await?;
+        self.enter(before, then);
+        Ok(applied)
+    }
+
+    fn enter(&self, before: Mode, then: Mode) {
+        if before == then {
+            return;
+        }
+        self.state.set_mode(then);
+        if before == Mode::Managed {
+            // The control plane's version is no longer what this data plane serves: the
+            // session tells it so (see `crate::control_plane`).
+            self.state.snapshot_withdrawn();
+        }
+    }
+
+    async fn reload_file(&mut self, trigger: Trigger) -> Result<Applied, ApplyError> {
+        let decided = self
+            .decided(Change::FileReload, async |this: &mut Self| {
+                let (bytes, detail) = this.read_file().await?;
+                this.apply(Input::Bytes(bytes), Source::File, trigger, detail, None)
+                    .await
+            })
+            .await;
+        if let Err(ApplyError::Refused(Refusal::ManagedFile)) = &decided {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                "the local config file was not applied: the control plane manages routing (force it with POST /admin/source)"
+            );
+            self.recheck_file_error(trigger).await;
+        }
+        decided
+    }
+
+    /// While managed the file is not applied, but a `last_error` saying it is invalid must not
+    /// outlive the fix: when there is one, the file is checked as a reload would (without
+    /// applying it), and the error cleared if it now passes.
+    async fn recheck_file_error(&self, trigger: Trigger) {
+        if self.state.last_error().is_none_or(|e| e.source != Source::File) {
+            return;
+        }
+        let Ok((bytes, _)) = self.read_file().await else {
+            return;
+        };
+        let limits = self.limits;
+        let valid = tokio::task::spawn_blocking(move || {
+            let config = routing_model::load(&bytes, limits.parse).ok()?;
+            // A throwaway registry: a file that is not applied must not add metric series.
+            compile::compile(&config, &limits, &Metrics::new()).ok()
+        })
+        .await
+        .ok()
+        .flatten()
+        .is_some();
+        if valid && self.state.clear_last_error_from(Source::File) {
+            tracing::info!(
+                trigger = trigger.as_str(),
+                "the local config file is valid again (not applied: the control plane manages routing); last_error cleared"
+            );
+        }
+    }
+
+    async fn rollback(&mut self, generation: Option<u64>) -> Result<Applied, ApplyError> {
+        self.decided(Change::Rollback, async |this: &mut Self| {
+            let entry = this.rollback_target(generation)?;
+            let detail = format!("generation {}", entry.generation);
+            this.apply(
+                Input::Validated(entry.config),
+                Source::Rollback,
+                Trigger::AdminRollback,
+                detail,
+                Some(entry.generation),
+            )
+            .await
+        })
+        .await
+    }
+
     async fn apply_snapshot(
         &mut self,
+        change: Change,
         snapshot: Arc<SnapshotMessage>,
         source: Source,
         trigger: Trigger,
     ) -> Result<Applied, ApplyError> {
-        if source == Source::ControlPlane {
-            self.latest_pushed = Some(snapshot.clone());
-        }
-        if self.state.mode() == Mode::PinnedToFile {
-            return Err(ApplyError::Pinned);
-        }
-        let detail = format!(
-            "{} version {} ({})",
-            snapshot.routing_config, snapshot.snapshot.version, snapshot.snapshot.lineage
-        );
-        let applied = self
-            .apply(Input::Snapshot(snapshot.clone()), source, trigger, detail, None)
-            .await?;
-        self.state.set_mode(Mode::Managed);
-        if source == Source::ControlPlane
-            && let Some(persist) = &self.persist
-        {
-            persist.send_replace(Some(snapshot));
-        }
-        Ok(applied)
+        self.decided(change, async |this: &mut Self| {
+            let detail = format!(
+                "{} version {} ({})",
+                snapshot.routing_config, snapshot.snapshot.version, snapshot.snapshot.lineage
+            );
+            let applied = this
+                .apply(Input::Snapshot(snapshot.clone()), source, trigger, detail, None)
+                .await?;
+            if source == Source::ControlPlane
+                && let Some(persist) = &this.persist
+            {
+                persist.persist(snapshot);
+            }
+            Ok(applied)
+        })
+        .await
     }
 
     async fn set_source(&mut self, source: PreferredSource) -> Result<Applied, ApplyError> {
         match source {
             PreferredSource::File => {
-                let (bytes, detail) = self.read_file().await?;
                 let result = self
-                    .apply(
-                        Input::Bytes(bytes),
-                        Source::File,
-                        Trigger::AdminSource,
-                        detail,
-                        None,
-                    )
+                    .decided(Change::PinFile, async |this: &mut Self| {
+                        let (bytes, detail) = this.read_file().await?;
+                        this.apply(
+                            Input::Bytes(bytes),
+                            Source::File,
+                            Trigger::AdminSource,
+                            detail,
+                            None,
+                        )
+                        .await
+                    })
                     .await;
                 let result = self.record(result, Source::File, Trigger::AdminSource);
                 if result.is_ok() {
-                    self.state.set_mode(Mode::PinnedToFile);
                     tracing::warn!(target: "audit", "break-glass: pinned to the local config file; control-plane snapshots are refused until POST /admin/source {{\"source\":\"control-plane\"}}");
                 }
                 result
             }
             PreferredSource::ControlPlane => {
-                let previous = self.state.mode();
-                // Releasing the pin is what was asked for, even before a snapshot arrives.
-                let released = if previous == Mode::PinnedToFile {
-                    Mode::Local
-                } else {
-                    previous
-                };
-                self.state.set_mode(released);
                 let Some(latest) = self.latest_pushed.clone() else {
-                    if previous == Mode::PinnedToFile {
+                    // Releasing the pin is what was asked for, even before a snapshot arrives.
+                    let before = self.state.mode();
+                    let then = precedence::decide(before, Change::ReleasePin)?;
+                    self.enter(before, then);
+                    if before != then {
                         tracing::info!(target: "audit", "released the local-file pin; waiting for a control-plane snapshot");
                     }
                     return Err(ApplyError::NoSnapshot);
                 };
                 let result = self
-                    .apply_snapshot(latest, Source::ControlPlane, Trigger::AdminSource)
+                    .apply_snapshot(
+                        Change::FollowControlPlane,
+                        latest,
+                        Source::ControlPlane,
+                        Trigger::AdminSource,
+                    )
                     .await;
                 let result = self.record(result, Source::ControlPlane, Trigger::AdminSource);
-                if result.is_err() {
-                    self.state.set_mode(previous);
-                } else {
+                if result.is_ok() {
                     tracing::info!(target: "audit", "released the local-file pin; following the control plane again");
                 }
                 result
@@ -465,11 +531,10 @@ impl Applier {
         let path = self.config_path.clone().ok_or(ApplyError::NoConfigFile)?;
         let limit = self.limits.parse.max_bytes;
         let reading = path.clone();
-        tokio::task::spawn_blocking(move || config_watch::read_limited(&reading, limit))
+        let bytes = tokio::task::spawn_blocking(move || config_watch::read_limited(&reading, limit))
             .await
-            .map_err(|e| ApplyError::Panicked(e.to_string()))?
-            .map(|bytes| (bytes, path.display().to_string()))
-            .map_err(|source| ApplyError::Read { path, source })
+            .map_err(|e| ApplyError::Panicked(e.to_string()))??;
+        Ok((bytes, path.display().to_string()))
     }
 
     fn rollback_target(&self, generation: Option<u64>) -> Result<HistoryEntry, ApplyError> {
@@ -599,38 +664,49 @@ impl Applier {
         Ok(applied)
     }
 
-    /// Counts and reports a failure; passes successes through.
+    /// Counts and reports a failure; on success, clears a `last_error` of the same origin.
     fn record(
         &self,
         result: Result<Applied, ApplyError>,
         source: Source,
         trigger: Trigger,
     ) -> Result<Applied, ApplyError> {
-        if let Err(e) = &result {
-            // Only rejected *content* counts as a failed reload: a mistyped rollback generation
-            // or a shutdown must not trip reload-failure alerts.
-            if !e.is_content_error() {
+        let e = match &result {
+            Ok(_) => {
+                if self.state.clear_last_error_from(source) {
+                    tracing::info!(
+                        source = source.as_str(),
+                        trigger = trigger.as_str(),
+                        "the earlier error of this source is resolved; last_error cleared"
+                    );
+                }
                 return result;
             }
-            let now = SystemTime::now();
-            self.metrics.reload_failure.inc();
-            self.metrics.last_failure.set(unix_seconds(now));
-            self.state.set_last_error(LastError {
-                at: unix_seconds(now),
-                source,
-                trigger,
-                error: e.to_string(),
-            });
-            let generation = self.state.active.load().as_ref().map_or(0, |a| a.generation);
-            tracing::warn!(
-                target: "audit",
-                source = source.as_str(),
-                trigger = trigger.as_str(),
-                active_generation = generation,
-                error = %e,
-                "config rejected"
-            );
+            Err(e) => e,
+        };
+        // Only rejected *content* counts as a failed reload: a mistyped rollback generation
+        // or a shutdown must not trip reload-failure alerts.
+        if !e.is_content_error() {
+            return result;
         }
+        let now = SystemTime::now();
+        self.metrics.reload_failure.inc();
+        self.metrics.last_failure.set(unix_seconds(now));
+        self.state.set_last_error(LastError {
+            at: unix_seconds(now),
+            source,
+            trigger,
+            error: e.to_string(),
+        });
+        let generation = self.state.active.load().as_ref().map_or(0, |a| a.generation);
+        tracing::warn!(
+            target: "audit",
+            source = source.as_str(),
+            trigger = trigger.as_str(),
+            active_generation = generation,
+            error = %e,
+            "config rejected"
+        );
         result
     }
 }
@@ -681,36 +757,21 @@ fn build(
         #[cfg(test)]
         Input::Panic => panic!("injected build panic"),
     };
-    let customers = config.spec().customer_to_placement.len();
-    if customers > limits.max_customers {
-        return Err(ApplyError::Limit(format!(
-            "spec.customerToPlacement: {customers} customers, over this data plane's --max-customers {}",
-            limits.max_customers
-        )));
-    }
+    compile::check_limits(&config, &limits)?;
     if let Some(prev) = &previous
         && prev.config.hash() == config.hash()
     {
         return Ok(Candidate::Unchanged(config.hash(), snapshot, detail));
     }
-    let upstreams = config
-        .spec()
-        .placement_to_endpoint
-        .iter()
-        .map(|(name, endpoint)| Ok((name.as_str(), Arc::new(Upstream::new(name, endpoint, metrics)?))))
-        .collect::<Result<HashMap<_, _>, UpstreamError>>()?;
-    let table = RoutingTable::build(&config, |name, _| upstreams[name].clone());
-    // Validation guarantees a legal header name; keep the error path anyway rather than panic.
-    let header = HeaderName::from_bytes(table.customer_header().as_bytes())
-        .map_err(|e| ApplyError::Panicked(format!("customer header `{}`: {e}", table.customer_header())))?;
+    let compiled = compile::compile(&config, &limits, metrics)?;
     let diff = previous
         .as_ref()
         .map(|p| ConfigDiff::between(p.config.spec(), config.spec()));
     let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
     Ok(Candidate::Built(Box::new(Built {
         active: ActiveConfig {
-            table: Arc::new(table),
-            header,
+            table: compiled.table,
+            header: compiled.header,
             config,
             generation,
             source,
@@ -720,40 +781,6 @@ fn build(
         },
         diff,
     })))
-}
-
-/// Writes applied control-plane snapshots to the cache, newest first: if snapshots arrive
-/// faster than the disk, intermediate ones are skipped, never written out of order.
-fn spawn_cache_writer(
-    cache: SnapshotCache,
-    metrics: Arc<Metrics>,
-) -> watch::Sender<Option<Arc<SnapshotMessage>>> {
-    let (tx, mut rx) = watch::channel::<Option<Arc<SnapshotMessage>>>(None);
-    tokio::spawn(async move {
-        while rx.changed().await.is_ok() {
-            let Some(snapshot) = rx.borrow_and_update().clone() else {
-                continue;
-            };
-            let cache = cache.clone();
-            let version = snapshot.snapshot.version;
-            let result = tokio::task::spawn_blocking(move || cache.store(&snapshot)).await;
-            match result {
-                Ok(Ok(())) => {
-                    metrics.cache_writes.inc();
-                    tracing::debug!(version, "snapshot persisted to the last-known-good cache");
-                }
-                Ok(Err(e)) => {
-                    metrics.cache_write_failures.inc();
-                    tracing::warn!(version, error = %e, "cannot persist the snapshot; still serving it from memory, the previous cache file is intact");
-                }
-                Err(e) => {
-                    metrics.cache_write_failures.inc();
-                    tracing::warn!(version, error = %e, "the cache writer failed");
-                }
-            }
-        }
-    });
-    tx
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -858,5 +885,47 @@ mod tests {
         );
         assert_eq!(state.history()[0].source, Source::Rollback);
         assert!(applier.rollback_target(Some(99)).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_later_success_of_the_same_origin_clears_last_error() {
+        let (applier, state, _) = setup();
+        apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        apply(&applier, Input::Bytes(doc("t9"))).await.unwrap_err();
+        assert!(state.last_error().is_some());
+        // Another origin's success says nothing about the file.
+        let ok = applier
+            .apply(
+                Input::Bytes(doc("t2")),
+                Source::ControlPlane,
+                Trigger::Push,
+                String::new(),
+                None,
+            )
+            .await;
+        applier.record(ok, Source::ControlPlane, Trigger::Push).unwrap();
+        assert!(state.last_error().is_some());
+        // The file valid again, even unchanged against the active table, clears it.
+        let again = apply(&applier, Input::Bytes(doc("t2"))).await.unwrap();
+        assert!(!again.changed);
+        assert!(state.last_error().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_rollback_while_managed_is_refused_and_changes_nothing() {
+        let (mut applier, state, metrics) = setup();
+        apply(&applier, Input::Bytes(doc("t1"))).await.unwrap();
+        apply(&applier, Input::Bytes(doc("t2"))).await.unwrap();
+        state.set_mode(Mode::Managed);
+        let before = state.active.load_full().unwrap();
+        let refused = applier.rollback(None).await.unwrap_err();
+        assert!(
+            matches!(refused, ApplyError::Refused(Refusal::ManagedRollback)),
+            "{refused}"
+        );
+        assert!(!refused.is_content_error());
+        assert!(Arc::ptr_eq(&before, &state.active.load_full().unwrap()));
+        assert_eq!(metrics.reload_failure.get(), 0);
+        assert_eq!(state.mode(), Mode::Managed);
     }
 }

@@ -68,12 +68,28 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_RELOAD_DEBOUNCE", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
 
+    /// Longest a steady stream of file events can delay a reload: a file rewritten faster than
+    /// --reload-debounce is still re-read at least this often.
+    #[arg(long, env = "CELLROUTE_RELOAD_MAX_WAIT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reload_max_wait: Duration,
+
     /// Do not watch the config file; reload only on SIGHUP or POST /admin/reload.
     #[arg(long, env = "CELLROUTE_NO_WATCH")]
     pub no_watch: bool,
 
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process
-    /// exits anyway.
+    /// A second listener serving only GET /healthz and GET /readyz, for probes from outside the
+    /// pod while --admin-listen stays on loopback. Off by default. Changing it needs a restart.
+    #[arg(long, env = "CELLROUTE_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
+
+    /// On SIGTERM/SIGINT, how long to keep accepting and serving proxy requests after /readyz
+    /// turns 503, so the application can drain through the proxy; then the drain of
+    /// --shutdown-grace begins. A second signal ends the delay early.
+    #[arg(long, env = "CELLROUTE_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// On SIGTERM/SIGINT (after --shutdown-delay), how long in-flight requests may take to
+    /// finish before the process exits anyway.
     #[arg(long, env = "CELLROUTE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -115,8 +131,9 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// This data plane's id, shown on the control plane (the pod name in a cluster).
-    #[arg(long, env = "POD_NAME")]
+    /// This data plane's id, shown on the control plane (the pod name in a cluster): a
+    /// Kubernetes object name. Default: the host name, made one.
+    #[arg(long, env = "POD_NAME", value_parser = crate::identity::parse_id)]
     pub id: Option<String>,
 
     /// Refuse tables with more customers than this (they are NACKed or rejected).
@@ -156,9 +173,14 @@ pub struct ValidateArgs {
     #[arg(long, value_name = "FILE2")]
     pub against: Option<PathBuf>,
 
-    /// Largest accepted config file, in bytes.
-    #[arg(long, env = "CELLROUTE_MAX_CONFIG_BYTES", default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES)]
+    /// Largest accepted config file, in bytes (as for `run`).
+    #[arg(long, env = "CELLROUTE_MAX_CONFIG_BYTES", default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]
     pub max_config_bytes: usize,
+
+    /// Refuse tables with more customers than this (as for `run`).
+    #[arg(long, env = "CELLROUTE_MAX_CUSTOMERS", default_value_t = routing_model::validate::MAX_CUSTOMERS)]
+    pub max_customers: usize,
 }
 
 #[cfg(test)]

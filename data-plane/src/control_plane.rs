@@ -5,27 +5,44 @@
 //! ACK or a NACK. Both sides ping; when nothing at all arrives for the heartbeat timeout (a
 //! silent partition: no FIN, no RST) the session is dropped and re-dialed.
 //!
+//! Decoding and applying a large snapshot take a while (seconds for hundreds of thousands of
+//! customers), and the session must keep heartbeating meanwhile, or either side would drop a
+//! healthy session. So both run beside the session loop, never inside it: one decode at a time
+//! on a blocking thread (the next frame is read once it is done), and one apply at a time in the
+//! applier. Snapshots still apply in the order they arrived, and the newest wins: while one is
+//! applying, at most one more waits; a newer one replaces it, and the replaced one is answered
+//! with a NACK saying it was superseded, so every pushed snapshot gets its answer. NACK texts
+//! are cut to [`MAX_NACK_ERROR_BYTES`].
+//!
+//! When an operator pins the local file (break-glass), the control plane's version is no longer
+//! what this data plane serves; the session then starts over, so its hello tells the control
+//! plane the truth (and the control plane's next snapshot is NACKed as pinned).
+//!
 //! Reconnects back off exponentially (via backon), capped, with *full* jitter: each wait is a
 //! uniform random fraction of the exponential step, so a fleet that lost its control plane at
 //! the same instant does not come back at the same instant. The proxy keeps serving the active
 //! table throughout; losing the control plane never changes routing.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MissingReason, PROTOCOL_VERSION,
-    SUBSCRIBE_PATH, ServerMessage,
+    CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MAX_NACK_ERROR_BYTES, MissingReason,
+    PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotMessage, SnapshotRef, truncate,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::applier::ApplierHandle;
+use crate::applier::{Applied, ApplierHandle, ApplyError};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Source, unix_seconds};
 
@@ -115,6 +132,10 @@ enum SessionError {
     Closed(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error(
+        "the control plane's snapshot is no longer active here (break-glass); starting over so the control plane learns it"
+    )]
+    Withdrawn,
 }
 
 /// Keeps a session with the control plane open until shutdown.
@@ -145,6 +166,10 @@ pub async fn run(
         }
         match ended {
             Ok(()) => return,
+            Err(SessionError::Withdrawn) => {
+                tracing::info!(control_plane = %settings.url, "{}", SessionError::Withdrawn);
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(control_plane = %settings.url, error = %e, "control-plane session ended; serving the current table and reconnecting")
             }
@@ -191,7 +216,24 @@ async fn session(
         .write_buffer_size(0)
         .max_write_buffer_size(settings.max_message_bytes + 64 * 1024);
     let connector = settings.tls.clone().map(tokio_tungstenite::Connector::Rustls);
-    let connect = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
+    let activity = Activity::new();
+    let connect = async {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        // A snapshot's last segment must not wait for a delayed ACK.
+        tcp.set_nodelay(true).map_err(tungstenite::Error::Io)?;
+        let watched = Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        };
+        tokio_tungstenite::client_async_tls_with_config(request, watched, Some(config), connector).await
+    };
     let (ws, _) = tokio::time::timeout(settings.heartbeat_timeout, connect)
         .await
         .map_err(|_| SessionError::ConnectTimeout(settings.heartbeat_timeout))??;
@@ -219,11 +261,15 @@ async fn session(
 
     let mut ping = tokio::time::interval(settings.heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_seen = Instant::now();
     // Snapshots applied outside a push reply (an operator releasing break-glass re-applies the
     // newest pushed one) are ACKed too, so the control plane's view does not go stale.
     let mut applied = state.applied_snapshots();
     let mut acked = applied.borrow_and_update().clone();
+    let mut decoding: Option<tokio::task::JoinHandle<Result<ServerMessage, SessionError>>> = None;
+    let mut applying: Option<Applying> = None;
+    let mut pending: Option<SnapshotMessage> = None;
+    // NACKs of snapshots a newer one replaced while another applied, sent after its answer.
+    let mut superseded_answers: Vec<ClientMessage> = Vec::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -231,27 +277,42 @@ async fn session(
                 return Ok(());
             }
             changed = applied.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
                 let next = applied.borrow_and_update().clone();
-                if changed.is_ok() && next.is_some() && next != acked {
-                    acked = next.clone();
-                    if let Some(snapshot) = next {
+                match next {
+                    // Withdrawn: the hello of a new session tells the control plane the truth.
+                    None if acked.is_some() => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        return Err(SessionError::Withdrawn);
+                    }
+                    // The applying push answers for itself.
+                    Some(snapshot)
+                        if acked.as_ref() != Some(&snapshot)
+                            && applying.as_ref().is_none_or(|a| a.snapshot != snapshot) =>
+                    {
+                        acked = Some(snapshot.clone());
                         metrics.snapshot_acks.inc();
                         state.update_sync(|s| s.last_nack = None);
                         sink.send(text(&ClientMessage::Ack { snapshot })).await?;
                     }
+                    _ => {}
                 }
             }
             _ = ping.tick() => {
-                if last_seen.elapsed() > settings.heartbeat_timeout {
+                // Any byte from the control plane is a sign of life: a large snapshot can take
+                // longer to arrive than the timeout. While a message is being decoded nothing is
+                // read, so silence then is not a sign.
+                if decoding.is_none() && activity.quiet_for() > settings.heartbeat_timeout {
                     return Err(SessionError::Silent(settings.heartbeat_timeout));
                 }
                 sink.send(Message::Ping(Default::default())).await?;
             }
-            frame = stream.next() => {
+            frame = stream.next(), if decoding.is_none() => {
                 let Some(frame) = frame else {
                     return Err(SessionError::Closed("connection closed".into()));
                 };
-                last_seen = Instant::now();
                 touch(state, metrics);
                 let wire = match frame? {
                     Message::Text(body) => Wire::Text(body),
@@ -264,15 +325,143 @@ async fn session(
                     // Pongs to our pings, and pings (tungstenite queues the pong itself).
                     _ => continue,
                 };
-                let message = decode(wire, settings.max_message_bytes).await?;
-                if let Some(reply) = handle(message, applier, state, metrics).await? {
-                    if let ClientMessage::Ack { snapshot } = &reply {
-                        acked = Some(snapshot.clone());
+                decoding = Some(decode(wire, settings.max_message_bytes));
+            }
+            decoded = join(decoding.as_mut()) => {
+                decoding = None;
+                activity.touch();
+                let decoded = decoded.map_err(|e| SessionError::Protocol(format!("decoding failed: {e}")))?;
+                match decoded? {
+                    ServerMessage::Snapshot(snapshot) => {
+                        metrics.snapshots_received.inc();
+                        set_orphaned(state, metrics, false);
+                        if applying.is_none() {
+                            applying = Some(Applying::start(snapshot, applier));
+                        } else if let Some(older) = pending.replace(snapshot) {
+                            // Answered after the apply in progress, so answers keep the order
+                            // the snapshots arrived in (an answer retires every older one).
+                            let newer = pending.as_ref().map_or(0, |p| p.snapshot.version);
+                            superseded_answers.push(superseded(older.snapshot, newer, metrics));
+                        }
                     }
-                    sink.send(text(&reply)).await?;
+                    message => {
+                        if let Some(reply) = handle(message, state, metrics)? {
+                            sink.send(text(&reply)).await?;
+                        }
+                    }
+                }
+            }
+            result = join(applying.as_mut().map(|a| &mut a.task)) => {
+                let snapshot = applying.take().map(|a| a.snapshot).expect("an apply was running");
+                let result = result.unwrap_or_else(|e| Err(ApplyError::Panicked(e.to_string())));
+                let reply = answer(snapshot, result, state, metrics);
+                if let ClientMessage::Ack { snapshot } = &reply {
+                    acked = Some(snapshot.clone());
+                }
+                sink.send(text(&reply)).await?;
+                for nack in superseded_answers.drain(..) {
+                    sink.send(text(&nack)).await?;
+                }
+                if let Some(next) = pending.take() {
+                    applying = Some(Applying::start(next, applier));
                 }
             }
         }
+    }
+}
+
+/// When bytes last arrived from the control plane.
+#[derive(Debug, Clone)]
+struct Activity {
+    base: Instant,
+    /// Milliseconds since `base`.
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.last.fetch_max(now, AtomicOrdering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last.load(AtomicOrdering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
+}
+
+/// The connection to the control plane, noting every read that brought bytes.
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A pushed snapshot being applied, beside the session loop.
+struct Applying {
+    snapshot: SnapshotRef,
+    task: tokio::task::JoinHandle<Result<Applied, ApplyError>>,
+}
+
+impl Applying {
+    fn start(snapshot: SnapshotMessage, applier: &ApplierHandle) -> Self {
+        let reference = snapshot.snapshot.clone();
+        let applier = applier.clone();
+        Self {
+            snapshot: reference,
+            task: tokio::spawn(async move {
+                applier
+                    .apply_snapshot(Arc::new(snapshot), Source::ControlPlane)
+                    .await
+            }),
+        }
+    }
+}
+
+/// Waits for the task in `slot`, or forever when there is none (a disabled `select!` branch).
+async fn join<T>(slot: Option<&mut tokio::task::JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+    match slot {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -284,8 +473,8 @@ enum Wire {
 }
 
 /// Decompresses and parses a message away from the async workers: a 100k-customer snapshot
-/// takes tens of milliseconds, and proxied requests must not queue behind it.
-async fn decode(wire: Wire, limit: usize) -> Result<ServerMessage, SessionError> {
+/// takes tens of milliseconds, and neither proxied requests nor the heartbeat may queue behind it.
+fn decode(wire: Wire, limit: usize) -> tokio::task::JoinHandle<Result<ServerMessage, SessionError>> {
     tokio::task::spawn_blocking(move || {
         let unpacked;
         let text = match &wire {
@@ -298,14 +487,58 @@ async fn decode(wire: Wire, limit: usize) -> Result<ServerMessage, SessionError>
         };
         serde_json::from_str(text).map_err(|e| SessionError::Protocol(format!("unreadable message: {e}")))
     })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("decoding failed: {e}")))?
 }
 
-/// Handles one control-plane message; returns the reply to send, if any.
-async fn handle(
+/// The answer to an applied (or refused) push.
+fn answer(
+    snapshot: SnapshotRef,
+    result: Result<Applied, ApplyError>,
+    state: &SharedState,
+    metrics: &Metrics,
+) -> ClientMessage {
+    match result {
+        Ok(_) => {
+            metrics.snapshot_acks.inc();
+            state.update_sync(|s| s.last_nack = None);
+            ClientMessage::Ack { snapshot }
+        }
+        Err(e) => nack(snapshot, &e.to_string(), state, metrics),
+    }
+}
+
+/// A NACK of `snapshot`, its text cut to what the protocol allows, counted and remembered.
+fn nack(snapshot: SnapshotRef, error: &str, state: &SharedState, metrics: &Metrics) -> ClientMessage {
+    metrics.snapshot_nacks.inc();
+    let error = bounded(error);
+    tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
+    state.update_sync(|s| s.last_nack = Some(format!("version {}: {error}", snapshot.version)));
+    ClientMessage::Nack { snapshot, error }
+}
+
+/// The NACK of a snapshot a newer one replaced before it could be applied. Not a refusal of its
+/// content: counted apart, and not shown as the last NACK.
+fn superseded(snapshot: SnapshotRef, newer: i64, metrics: &Metrics) -> ClientMessage {
+    metrics.snapshots_superseded.inc();
+    let error = format!(
+        "superseded: version {newer} arrived while version {} was waiting to be applied; not applied",
+        snapshot.version
+    );
+    tracing::info!(
+        version = snapshot.version,
+        newer,
+        "skipped a control-plane snapshot a newer one replaced"
+    );
+    ClientMessage::Nack { snapshot, error }
+}
+
+/// `error` cut to [`MAX_NACK_ERROR_BYTES`], the `…` that marks the cut included.
+fn bounded(error: &str) -> String {
+    truncate(error, MAX_NACK_ERROR_BYTES - '…'.len_utf8())
+}
+
+/// Handles one control-plane message other than a snapshot; returns the reply to send, if any.
+fn handle(
     message: ServerMessage,
-    applier: &ApplierHandle,
     state: &SharedState,
     metrics: &Metrics,
 ) -> Result<Option<ClientMessage>, SessionError> {
@@ -321,32 +554,8 @@ async fn handle(
             }
             Ok(None)
         }
-        ServerMessage::Snapshot(snapshot) => {
-            metrics.snapshots_received.inc();
-            set_orphaned(state, metrics, false);
-            let reference = snapshot.snapshot.clone();
-            match applier
-                .apply_snapshot(Arc::new(snapshot), Source::ControlPlane)
-                .await
-            {
-                Ok(_) => {
-                    metrics.snapshot_acks.inc();
-                    Ok(Some(ClientMessage::Ack { snapshot: reference }))
-                }
-                Err(e) => {
-                    metrics.snapshot_nacks.inc();
-                    let error = e.to_string();
-                    tracing::warn!(version = reference.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
-                    state.update_sync(|s| {
-                        s.last_nack = Some(format!("version {}: {error}", reference.version))
-                    });
-                    Ok(Some(ClientMessage::Nack {
-                        snapshot: reference,
-                        error,
-                    }))
-                }
-            }
-        }
+        // Applied beside the session loop; see `session`.
+        ServerMessage::Snapshot(_) => Ok(None),
         ServerMessage::Missing {
             routing_config,
             reason,
@@ -359,7 +568,9 @@ async fn handle(
             set_orphaned(state, metrics, true);
             Ok(None)
         }
-        ServerMessage::Error { message } => Err(SessionError::Closed(message)),
+        ServerMessage::Error { message } => {
+            Err(SessionError::Closed(truncate(&message, MAX_NACK_ERROR_BYTES)))
+        }
         ServerMessage::TooLarge {
             snapshot,
             bytes,
@@ -367,14 +578,11 @@ async fn handle(
             ..
         } => {
             metrics.snapshots_received.inc();
-            metrics.snapshot_nacks.inc();
             let error = format!(
                 "snapshot version {} is {bytes} bytes, over this data plane's --max-message-bytes {limit}; not applied",
                 snapshot.version
             );
-            tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
-            state.update_sync(|s| s.last_nack = Some(error.clone()));
-            Ok(Some(ClientMessage::Nack { snapshot, error }))
+            Ok(Some(nack(snapshot, &error, state, metrics)))
         }
     }
 }

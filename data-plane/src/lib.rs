@@ -4,12 +4,17 @@
 //! Architecture, one module per concern:
 //! - [`cli`]: flags and environment variables;
 //! - [`state`]: the active routing table behind one `ArcSwap`, its history and last error;
+//! - [`precedence`]: who decides the table (local file, control plane, break-glass pin), in one
+//!   decision function every change asks;
 //! - [`applier`]: the single task through which every change is applied, in a total order;
+//! - [`compile`]: a validated config to the table the proxy serves (shared with `validate`);
 //! - [`source`]: where configs come from (the local file, its watcher, SIGHUP);
 //! - [`control_plane`]: the session with the control plane (snapshots in, ACK/NACK out);
-//! - [`cache`]: the crash-safe last-known-good snapshot on disk;
+//! - [`cache`]: the crash-safe last-known-good snapshot on disk, and the task writing it;
+//! - [`identity`]: this data plane's id as the control plane sees it;
 //! - [`proxy`]: the request path: one `ArcSwap` load, one hash probe, forward;
-//! - [`admin`]: health, readiness, metrics and the authenticated admin API;
+//! - [`admin`]: health, readiness, metrics and the admin API (and the probe-only health
+//!   listener);
 //! - [`metrics`]: every Prometheus metric, registered in one place;
 //! - [`run`]: wiring and graceful shutdown.
 
@@ -20,8 +25,11 @@ pub mod admin;
 pub mod applier;
 pub mod cache;
 pub mod cli;
+pub mod compile;
 pub mod control_plane;
+pub mod identity;
 pub mod metrics;
+pub mod precedence;
 pub mod proxy;
 pub mod run;
 pub mod source;

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub snapshot_acks: Counter,
     /// Snapshots refused (NACK).
     pub snapshot_nacks: Counter,
+    /// Snapshots a newer one replaced before they could be applied (answered with a NACK that
+    /// says so; not counted in `snapshot_nacks`).
+    pub snapshots_superseded: Counter,
     /// Sessions opened with the control plane (the first and every reconnect).
     pub control_plane_sessions: Counter,
 }
@@ -133,6 +136,7 @@ impl Metrics {
         let snapshots_received = Counter::default();
         let snapshot_acks = Counter::default();
         let snapshot_nacks = Counter::default();
+        let snapshots_superseded = Counter::default();
         let control_plane_sessions = Counter::default();
         registry.register(
             "cellroute_cache_writes",
@@ -183,6 +187,11 @@ impl Metrics {
             "cellroute_snapshot_nacks",
             "Snapshots refused (NACK) to the control plane",
             snapshot_nacks.clone(),
+        );
+        registry.register(
+            "cellroute_snapshots_superseded",
+            "Snapshots a newer one replaced before they could be applied (NACKed as superseded)",
+            snapshots_superseded.clone(),
         );
         registry.register(
             "control_plane_sessions",
@@ -261,6 +270,7 @@ impl Metrics {
             snapshots_received,
             snapshot_acks,
             snapshot_nacks,
+            snapshots_superseded,
             control_plane_sessions,
         })
     }

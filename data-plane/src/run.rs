@@ -1,25 +1,30 @@
 //! Wiring of `data-plane run`, and its graceful shutdown.
 //!
-//! Start order: bind both listeners (so a taken port fails fast), apply the config file, start
-//! watching it, then serve. On SIGTERM or SIGINT one `CancellationToken` stops everything:
-//! readiness turns 503, the proxy stops accepting and drains in-flight requests for up to
-//! `--shutdown-grace`, then the admin server stops.
+//! Start order: bind every listener (so a taken port fails fast), install the SIGHUP handler,
+//! apply the cache or the config file, start watching it, then serve. On SIGTERM or SIGINT:
+//! readiness turns 503 at once; the proxy keeps accepting and serving for `--shutdown-delay`
+//! (the application may still be draining through it; a second signal cuts the delay short);
+//! then one `CancellationToken` stops the proxy, which drains in-flight requests for up to
+//! `--shutdown-grace`; then the admin and health servers stop.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
 use routing_model::ParseLimits;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, auth::AdminToken};
-use std::time::Duration;
-
 use crate::applier::{Applier, ApplierHandle, ApplierSettings, Limits};
 use crate::cache::SnapshotCache;
 use crate::cli::RunArgs;
 use crate::control_plane;
+use crate::identity;
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyContext};
 use crate::source;
@@ -41,20 +46,28 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let metrics = Metrics::new();
     let state = Arc::new(SharedState::default());
+    // Before anything slow, so that a signal during startup is handled, not fatal (SIGHUP's
+    // default action would end the process).
+    let hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut signals = Signals::install()?;
 
     let proxy_listener = proxy::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
-    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+    let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
+    let health_listener = match args.health_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --health-listen {addr}"))?,
+        ),
+        None => None,
+    };
 
     let cache = match (&args.cache_dir, &args.routing_config) {
-        (Some(dir), Some(object)) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --cache-dir {}", dir.display()))?;
-            Some(SnapshotCache::new(dir, object))
-        }
+        (Some(dir), Some(object)) => Some(SnapshotCache::open(dir, object)?),
         _ => None,
     };
     let applier = Applier::spawn(ApplierSettings {
@@ -69,6 +82,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         },
         cache: cache.clone(),
     });
+    source::signal::reload_on_sighup(hangup, applier.clone(), args.config.is_some(), shutdown.clone());
 
     // Start order, so the control plane is never needed to serve: the last-known-good cache,
     // else the local file, else nothing (503 until a table arrives).
@@ -81,14 +95,16 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             if !from_cache && let Err(e) = applier.reload_file(Trigger::Startup).await {
                 tracing::warn!(error = %e, "no valid routing table at startup; answering 503 until a valid config arrives");
             }
-            source::signal::reload_on_sighup(applier.clone(), shutdown.clone())
-                .context("cannot install the SIGHUP handler")?;
             if args.no_watch {
                 None
             } else {
+                let debounce = config_watch::Debounce {
+                    quiet: args.reload_debounce,
+                    max_wait: args.reload_max_wait,
+                };
                 Some(source::reload_on_change(
                     path,
-                    args.reload_debounce,
+                    debounce,
                     applier.clone(),
                     shutdown.clone(),
                 )?)
@@ -110,7 +126,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             tls,
             url: url.clone(),
             routing_config: object.clone(),
-            id: args.id.clone().unwrap_or_else(default_id),
+            id: args.id.clone().unwrap_or_else(identity::default_id),
             token_file: args.token_file.clone(),
             max_message_bytes: args.max_message_bytes,
             heartbeat: args.heartbeat,
@@ -118,6 +134,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             backoff_min: Duration::from_millis(100),
             backoff_max: args.reconnect_max,
         };
+        tracing::info!(id = %settings.id, "following the control plane as this data plane id");
         tokio::spawn(control_plane::run(
             settings,
             applier.clone(),
@@ -133,26 +150,32 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         args.upstream_timeout,
         args.connect_timeout,
     ));
-    let admin_router = admin::router(AdminState {
+    let admin_state = AdminState {
         state,
         applier,
         token,
         metrics,
         draining: draining.clone(),
-    });
+    };
 
     tracing::info!(listener = "proxy", addr = %proxy_listener.local_addr()?, "listening");
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
-
     let admin_stop = CancellationToken::new();
-    let admin_task = {
-        let stop = admin_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(admin_listener, admin_router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
+    let mut servers = vec![spawn_server(
+        "admin",
+        admin_listener,
+        admin::router(admin_state.clone()),
+        admin_stop.clone(),
+    )];
+    if let Some(listener) = health_listener {
+        tracing::info!(listener = "health", addr = %listener.local_addr()?, "listening");
+        servers.push(spawn_server(
+            "health",
+            listener,
+            admin::health_router(admin_state),
+            admin_stop.clone(),
+        ));
+    }
     let proxy_task = tokio::spawn(proxy::serve(
         proxy_listener,
         ctx,
@@ -160,18 +183,66 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         args.shutdown_grace,
     ));
 
-    wait_for_signal().await?;
-    tracing::info!("shutdown requested");
+    signals.next().await;
     draining.store(true, Ordering::Relaxed);
+    if args.shutdown_delay.is_zero() {
+        tracing::info!("shutdown requested");
+    } else {
+        tracing::info!(delay = ?args.shutdown_delay, "shutdown requested; not ready any more, still proxying for --shutdown-delay");
+        tokio::select! {
+            () = tokio::time::sleep(args.shutdown_delay) => {}
+            () = signals.next() => tracing::info!("second signal: ending the shutdown delay early"),
+        }
+    }
     shutdown.cancel();
     proxy_task.await.context("proxy task failed")?;
     admin_stop.cancel();
-    admin_task
-        .await
-        .context("admin task failed")?
-        .context("admin server failed")?;
+    for server in servers {
+        server.await.context("admin task failed")??;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `router` on `listener` until `stop`, with each request's peer address available.
+fn spawn_server(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .with_context(|| format!("the {name} server failed"))
+    })
+}
+
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?,
+        })
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Applies the cached snapshot, if there is a good one; says whether it did.
@@ -206,20 +277,4 @@ async fn load_cache(cache: &SnapshotCache, applier: &ApplierHandle, metrics: &Me
             false
         }
     }
-}
-
-fn default_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| format!("data-plane-{}", std::process::id()))
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

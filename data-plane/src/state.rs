@@ -42,6 +42,17 @@ impl Source {
         Source::Rollback,
     ];
 
+    /// True when a success from `self` says the failure of `other` is over: the file for the
+    /// file; the control plane and its cache (which holds the control plane's snapshots) for
+    /// each other; a rollback for a rollback.
+    pub fn same_origin(self, other: Source) -> bool {
+        use Source::*;
+        matches!(
+            (self, other),
+            (File, File) | (Rollback, Rollback) | (ControlPlane | Cache, ControlPlane | Cache)
+        )
+    }
+
     /// The label value used in metrics and JSON.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -232,7 +243,14 @@ impl SharedState {
         });
     }
 
-    /// Follows [`Self::snapshot_applied`].
+    /// Announces that the active table is no longer the control plane's snapshot (an operator
+    /// pinned the local file), so the session can tell the control plane.
+    pub(crate) fn snapshot_withdrawn(&self) {
+        self.applied.send_if_modified(|current| current.take().is_some());
+    }
+
+    /// Follows [`Self::snapshot_applied`] and [`Self::snapshot_withdrawn`]: `Some` is the
+    /// control-plane snapshot now active, `None` that none is.
     pub fn applied_snapshots(&self) -> tokio::sync::watch::Receiver<Option<SnapshotRef>> {
         self.applied.subscribe()
     }
@@ -255,6 +273,19 @@ impl SharedState {
 
     pub(crate) fn set_last_error(&self, error: LastError) {
         *lock(&self.last_error) = Some(error);
+    }
+
+    /// Clears `last_error` when it came from the same origin as `source` (see
+    /// [`Source::same_origin`]): a later success of that origin means the error no longer
+    /// describes the current state. Returns whether it cleared one.
+    pub(crate) fn clear_last_error_from(&self, source: Source) -> bool {
+        let mut last = lock(&self.last_error);
+        if last.as_ref().is_some_and(|e| source.same_origin(e.source)) {
+            *last = None;
+            true
+        } else {
+            false
+        }
     }
 }
 

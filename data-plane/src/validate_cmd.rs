@@ -1,6 +1,9 @@
 //! `data-plane validate FILE [--against FILE2]`: a dry run of a reload.
 //!
-//! It runs exactly the checks a reload runs, so "validate passes" means "a reload would apply".
+//! It runs exactly the checks a reload runs, with the same limits: the file is read with the
+//! same size check, parsed and validated by the shared code, and compiled into a routing table
+//! by [`crate::compile`] (this data plane's `--max-customers`, every upstream built), so
+//! "validate passes" means "a reload would apply".
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,13 +11,18 @@ use std::process::ExitCode;
 use routing_model::{ConfigDiff, ParseLimits, ValidatedConfig};
 
 use crate::cli::ValidateArgs;
+use crate::compile::{self, Limits};
+use crate::metrics::Metrics;
 
 /// Prints every error (exit 1), or a summary and the diff against `--against` (exit 0).
 pub fn run(args: &ValidateArgs) -> ExitCode {
-    let limits = ParseLimits {
-        max_bytes: args.max_config_bytes,
+    let limits = Limits {
+        parse: ParseLimits {
+            max_bytes: args.max_config_bytes,
+        },
+        max_customers: args.max_customers,
     };
-    let Some(new) = load(&args.file, limits) else {
+    let Some(new) = load(&args.file, &limits) else {
         return ExitCode::FAILURE;
     };
     println!(
@@ -28,7 +36,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         println!("  warning: {w}");
     }
     if let Some(against) = &args.against {
-        let Some(old) = load(against, limits) else {
+        let Some(old) = load(against, &limits) else {
             return ExitCode::FAILURE;
         };
         print_diff(&ConfigDiff::between(old.spec(), new.spec()), against);
@@ -36,28 +44,34 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn load(path: &Path, limits: ParseLimits) -> Option<ValidatedConfig> {
-    let bytes = match std::fs::read(path) {
+fn load(path: &Path, limits: &Limits) -> Option<ValidatedConfig> {
+    let bytes = match config_watch::read_limited(path, limits.parse.max_bytes) {
         Ok(b) => b,
         Err(e) => {
-            eprintln!("{}: cannot read: {e}", path.display());
+            eprintln!("{e}");
             return None;
         }
     };
-    match routing_model::load(&bytes, limits) {
-        Ok(c) => Some(c),
+    let config = match routing_model::load(&bytes, limits.parse) {
+        Ok(c) => c,
         Err(routing_model::ConfigError::Invalid(errors)) => {
             eprintln!("{}: {} error(s):", path.display(), errors.0.len());
             for e in &errors.0 {
                 eprintln!("  {e}");
             }
-            None
+            return None;
         }
         Err(e) => {
             eprintln!("{}: {e}", path.display());
-            None
+            return None;
         }
+    };
+    // The same compile step a reload runs; its metrics are thrown away.
+    if let Err(e) = compile::compile(&config, limits, &Metrics::new()) {
+        eprintln!("{}: {e}", path.display());
+        return None;
     }
+    Some(config)
 }
 
 fn print_diff(d: &ConfigDiff, against: &Path) {

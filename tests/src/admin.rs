@@ -2,8 +2,9 @@
 //!
 //! Endpoints used: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /admin/config`,
 //! `GET /admin/history`, `POST /admin/reload` and `POST /admin/rollback[?generation=N]`. The
-//! client sends the bearer token it was built with; the `*_as` variants take the
-//! `Authorization` header explicitly so tests can send a missing or wrong one.
+//! client sends the bearer token it was built with on its POST requests (its GET requests carry
+//! none); the `*_as` variants take the `Authorization` header explicitly so tests can send a
+//! missing, wrong or right one.
 
 use std::net::SocketAddr;
 
@@ -41,6 +42,23 @@ impl AdminClient {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin server: {e}"));
+        Reply::read(response).await
+    }
+
+    /// `GET` a path with an optional `Authorization` header value.
+    ///
+    /// # Panics
+    ///
+    /// When the admin server cannot be reached at all.
+    pub async fn get_as(&self, path: &str, authorization: Option<&str>) -> Reply {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path} on the admin server: {e}"));

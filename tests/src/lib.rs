@@ -20,11 +20,16 @@
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`net`]: this machine's non-loopback address, for tests of what is served beyond loopback;
 //! - [`peer`]: a data plane driven by hand over the raw WebSocket client, for attacker tests;
+//! - [`fault`]: failing or delaying system calls (`strace`), a network namespace for a peer
+//!   that is not on loopback;
+//! - [`scripted_cp`]: the server side of the snapshot protocol, sending what a data-plane test
+//!   says (bursts, refusable snapshots) where the real control plane never would;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
 //! `KUBECONFIG`, which `scripts/test` starts on loopback), except the tests of what is served
-//! beyond loopback, which also use this machine's own non-loopback address ([`net`]).
+//! beyond loopback: they also use this machine's own non-loopback address ([`net`]) or a
+//! network namespace the test itself created ([`fault::NetNs`]).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -38,6 +43,7 @@ pub mod cp_http;
 pub mod echo;
 pub mod example;
 pub mod faketime;
+pub mod fault;
 pub mod fixture;
 pub mod inject;
 pub mod journey;
@@ -49,5 +55,6 @@ pub mod proxy;
 pub mod push;
 pub mod push_k8s;
 pub mod relay;
+pub mod scripted_cp;
 pub mod wait;
 pub mod ws;

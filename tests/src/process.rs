@@ -374,9 +374,108 @@ pub struct DataPlane {
     process: Process,
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    others: Vec<(String, SocketAddr)>,
+}
+
+/// How to start a data plane when [`DataPlane::start`] is not enough: under another command
+/// (`strace`, `ip netns exec`), without `--config`, on another admin address, or with more
+/// listeners to wait for.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// The command and arguments the binary runs under, if any (`["strace", "-f", ...]`).
+    pub wrapper: Vec<OsString>,
+    /// `--config`, or none to start without one.
+    pub config: Option<PathBuf>,
+    /// `--admin-token-file`.
+    pub token_file: Option<PathBuf>,
+    /// `--admin-listen`.
+    pub admin_listen: String,
+    /// Further arguments.
+    pub args: Vec<OsString>,
+    /// Listeners to wait for besides `proxy` and `admin` (for example `health`).
+    pub more_listeners: Vec<String>,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            wrapper: Vec::new(),
+            config: None,
+            token_file: None,
+            admin_listen: "127.0.0.1:0".to_owned(),
+            args: Vec::new(),
+            more_listeners: Vec::new(),
+        }
+    }
+}
+
+impl Launch {
+    /// Adds arguments.
+    pub fn args<S: AsRef<OsStr>>(mut self, args: &[S]) -> Self {
+        self.args.extend(args.iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
 }
 
 impl DataPlane {
+    /// Starts `data-plane run --listen 127.0.0.1:0 --log-format json` as `launch` says and waits
+    /// until its listeners listen.
+    ///
+    /// # Panics
+    ///
+    /// As [`DataPlane::start`].
+    pub async fn launch(launch: Launch) -> Self {
+        let bin = tokio::task::spawn_blocking(|| bin_path("data-plane"))
+            .await
+            .expect("binary build task");
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("run")
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", &launch.admin_listen])
+            .args(["--log-format", "json"]);
+        if let Some(config) = &launch.config {
+            cmd.arg("--config").arg(config);
+        }
+        if let Some(token_file) = &launch.token_file {
+            cmd.arg("--admin-token-file").arg(token_file);
+        }
+        cmd.args(&launch.args);
+        scrub_env(&mut cmd);
+        let mut process = Process::spawn("data plane", &mut cmd);
+        let mut names = vec!["proxy", "admin"];
+        names.extend(launch.more_listeners.iter().map(String::as_str));
+        let addrs = process.wait_listening(&names).await;
+        Self {
+            process,
+            proxy_addr: addrs[0],
+            admin_addr: addrs[1],
+            others: names[2..]
+                .iter()
+                .zip(&addrs[2..])
+                .map(|(n, a)| ((*n).to_owned(), *a))
+                .collect(),
+        }
+    }
+
+    /// The address of a listener named in [`Launch::more_listeners`].
+    ///
+    /// # Panics
+    ///
+    /// When it was not asked for.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.others
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {name} was waited for"))
+    }
+
     /// Starts `data-plane run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json
     /// --config CONFIG [--admin-token-file TOKEN] ARGS...` and waits until both servers listen.
     ///
@@ -385,27 +484,15 @@ impl DataPlane {
     /// When the binary cannot be built or started, or has not logged both listening addresses
     /// within [`STARTUP_TIMEOUT`]; the panic message includes its logs.
     pub async fn start(config: &Path, token_file: Option<&Path>, args: &[&str]) -> Self {
-        let bin = tokio::task::spawn_blocking(|| bin_path("data-plane"))
-            .await
-            .expect("binary build task");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("run")
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .arg("--config")
-            .arg(config);
-        if let Some(token_file) = token_file {
-            cmd.arg("--admin-token-file").arg(token_file);
-        }
-        cmd.args(args);
-        scrub_env(&mut cmd);
-        let mut process = Process::spawn("data plane", &mut cmd);
-        let addrs = process.wait_listening(&["proxy", "admin"]).await;
-        Self {
-            process,
-            proxy_addr: addrs[0],
-            admin_addr: addrs[1],
-        }
+        Self::launch(
+            Launch {
+                config: Some(config.to_owned()),
+                token_file: token_file.map(Path::to_owned),
+                ..Launch::default()
+            }
+            .args(args),
+        )
+        .await
     }
 
     /// The proxy listener's address.
@@ -441,6 +528,11 @@ impl DataPlane {
     /// Sends SIGTERM (drain and exit).
     pub fn sigterm(&self) {
         self.process.signal(rustix::process::Signal::TERM);
+    }
+
+    /// The process, for signals and exit status.
+    pub fn process_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
 
     /// Waits up to `timeout` for the process to exit, returning its status if it did.

@@ -17,6 +17,7 @@
 //! DISCONNECTED, `/debug/snapshots` for the served version.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +34,7 @@ use crate::admin::AdminClient;
 use crate::config::write_replace;
 use crate::cp_http::CpHttp;
 use crate::fixture::{Cells, TOKEN as ADMIN_TOKEN};
-use crate::process::{DataPlane, Logs, Process, bin_path, scrub_env};
+use crate::process::{DataPlane, Launch, Logs, Process, bin_path, scrub_env};
 use crate::proxy::ProxyClient;
 use crate::wait::{SOON, eventually, eventually_every};
 
@@ -410,8 +411,31 @@ impl Scene {
         self.follower_to(id, &self.cp.url(), local, extra).await
     }
 
+    /// [`Scene::follower_to`] running under `wrapper` (for example `strace -f -e inject=...`).
+    pub async fn follower_under(
+        &self,
+        id: &str,
+        wrapper: &[&str],
+        local: Option<&Table>,
+        extra: &[&str],
+    ) -> Follower {
+        self.follower_launch(id, &self.cp.url(), wrapper, local, extra)
+            .await
+    }
+
     /// [`Scene::follower`] connecting to `url` instead of the control plane (a relay).
     pub async fn follower_to(&self, id: &str, url: &str, local: Option<&Table>, extra: &[&str]) -> Follower {
+        self.follower_launch(id, url, &[], local, extra).await
+    }
+
+    async fn follower_launch(
+        &self,
+        id: &str,
+        url: &str,
+        wrapper: &[&str],
+        local: Option<&Table>,
+        extra: &[&str],
+    ) -> Follower {
         let dir = self.follower_dir(id);
         std::fs::create_dir_all(&dir).expect("create the data plane's directory");
         let config_path = dir.join("routing.json");
@@ -437,7 +461,16 @@ impl Scene {
             args.extend(["--cache-dir", &cache_dir]);
         }
         args.extend(extra);
-        let dp = DataPlane::start(&config_path, Some(&self.dir.path().join("admin-token")), &args).await;
+        let dp = DataPlane::launch(
+            Launch {
+                wrapper: wrapper.iter().map(OsString::from).collect(),
+                config: Some(config_path.clone()),
+                token_file: Some(self.dir.path().join("admin-token")),
+                ..Launch::default()
+            }
+            .args(&args),
+        )
+        .await;
         let admin = AdminClient::new(dp.admin_addr(), ADMIN_TOKEN);
         let proxy = ProxyClient::new(dp.proxy_addr());
         Follower {

@@ -28,8 +28,10 @@ use crate::snapshot::ObjectKey;
 pub struct FileSource {
     /// The manifest.
     pub path: PathBuf,
-    /// File event debounce.
+    /// File event debounce: quiet period.
     pub debounce: Duration,
+    /// File event debounce: longest wait during a steady stream of events.
+    pub max_wait: Duration,
     /// Parse limits.
     pub limits: ParseLimits,
     /// Where versions are recorded across restarts (`None`: a new lineage on every start).
@@ -52,8 +54,14 @@ impl ConfigSource for FileSource {
                 limits: self.limits,
                 key: None,
             };
-            let (_watch, mut changes) = config_watch::watch(&self.path, self.debounce)
-                .with_context(|| format!("cannot watch --from-file {}", self.path.display()))?;
+            let (_watch, mut changes) = config_watch::watch(
+                &self.path,
+                config_watch::Debounce {
+                    quiet: self.debounce,
+                    max_wait: self.max_wait,
+                },
+            )
+            .with_context(|| format!("cannot watch --from-file {}", self.path.display()))?;
             let mut hup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
             state.reload(&ctx, "startup");
             ctx.ready.set();
@@ -77,7 +85,7 @@ impl State {
     fn reload(&mut self, ctx: &SourceContext, trigger: &str) {
         let started = std::time::Instant::now();
         let loaded = config_watch::read_limited(&self.path, self.limits.max_bytes)
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))
+            .map_err(|e| e.to_string())
             .and_then(|bytes| routing_model::load(&bytes, self.limits).map_err(|e| e.to_string()));
         ctx.metrics
             .snapshot_build

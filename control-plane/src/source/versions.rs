@@ -195,11 +195,17 @@ impl Versions {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let text = serde_json::to_string(recorded).map_err(|e| e.to_string())?;
-        let mut file = atomic_write_file::AtomicWriteFile::open(path)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.commit())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        // A temp file beside it, fsynced, renamed over it, then the directory fsynced; dropped
+        // (and removed) on any failure, so no temp file outlives a failed write.
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let mut file = tempfile::Builder::new()
+            .prefix(".cellroute-state-")
+            .tempfile_in(dir)
+            .map_err(fail)?;
+        file.write_all(text.as_bytes()).map_err(fail)?;
+        file.as_file().sync_all().map_err(fail)?;
+        file.persist(path).map_err(|e| fail(e.error))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
     }
 }
 

@@ -13,15 +13,23 @@
 //! | `POST /admin/source` | break-glass: `{"source":"file"}` pins the local file, `{"source":"control-plane"}` releases it (bearer token) |
 //!
 //! The POST endpoints need `Authorization: Bearer <token>` matching `--admin-token-file`.
+//! What names customers and endpoints (the `spec` of `/admin/config`, the `diff`s of
+//! `/admin/history`, error texts that quote them) is shown only to a loopback peer or with the
+//! admin token; anyone else who reaches the port gets the same documents without them.
+//!
+//! With `--health-listen`, [`health_router`] serves `GET /healthz` and `GET /readyz` alone on a
+//! second address, so probes from outside the pod work while this port stays on loopback.
+//!
 //! Nothing here may change routing except through the [`crate::applier`].
 
 pub mod auth;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,7 +57,28 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
 }
 
-/// The admin router.
+/// What replaces a text that would name customers or endpoints, for peers without access.
+const REDACTED: &str = "(hidden: shown to loopback peers and with the admin token)";
+
+impl AdminState {
+    /// Whether this request may see customer ids, endpoints and error texts: from a loopback
+    /// peer, or with the admin token.
+    fn may_see_routes(&self, peer: SocketAddr, headers: &HeaderMap) -> bool {
+        peer.ip().to_canonical().is_loopback() || self.token.check(headers).is_ok()
+    }
+}
+
+/// The probe-only router of `--health-listen`: `GET /healthz` and `GET /readyz`, nothing else.
+/// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn health_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// The admin router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`: what
+/// it shows depends on the peer's address.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -63,7 +92,11 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> Response {
+async fn readyz(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     if s.draining.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -74,15 +107,17 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     match s.state.active.load().as_ref() {
         Some(active) => Json(json!({"ready": true, "config_generation": active.generation})).into_response(),
         None => {
-            let reason = s.state.last_error().map_or_else(
-                || "no valid routing table has been applied yet".to_owned(),
-                |e| {
+            let reason = match s.state.last_error() {
+                None => "no valid routing table has been applied yet".to_owned(),
+                Some(e) if s.may_see_routes(peer, &headers) => {
                     format!(
                         "no valid routing table has been applied yet; last error: {}",
                         e.error
                     )
-                },
-            );
+                }
+                Some(_) => "no valid routing table has been applied yet; see last_error in GET /admin/config"
+                    .to_owned(),
+            };
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({"ready": false, "reason": reason})),
@@ -107,10 +142,24 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
-async fn config(State(s): State<AdminState>) -> Response {
-    let last_error = s.state.last_error();
-    match s.state.active.load_full() {
-        Some(active) => Json(json!({
+async fn config(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let full = s.may_see_routes(peer, &headers);
+    let mut last_error = s.state.last_error();
+    if !full && let Some(e) = &mut last_error {
+        REDACTED.clone_into(&mut e.error);
+    }
+    let active = s.state.active.load_full();
+    let status = if active.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = match active {
+        Some(active) => json!({
             "config_generation": active.generation,
             "hash": active.config.hash(),
             "source": active.source,
@@ -122,27 +171,27 @@ async fn config(State(s): State<AdminState>) -> Response {
             "spec": active.config.spec(),
             "snapshot": active.snapshot,
             "mode": s.state.mode(),
-            "control_plane": control_plane_view(&s.state),
+            "control_plane": control_plane_view(&s.state, full),
             "last_error": last_error,
-        }))
-        .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "config_generation": 0,
-                "hash": null,
-                "source": null,
-                "spec": null,
-                "mode": s.state.mode(),
-                "control_plane": control_plane_view(&s.state),
-                "last_error": last_error,
-            })),
-        )
-            .into_response(),
+        }),
+        None => json!({
+            "config_generation": 0,
+            "hash": null,
+            "source": null,
+            "spec": null,
+            "mode": s.state.mode(),
+            "control_plane": control_plane_view(&s.state, full),
+            "last_error": last_error,
+        }),
+    };
+    if !full {
+        body["spec"] = serde_json::Value::Null;
+        body["redacted"] = json!(REDACTED);
     }
+    (status, Json(body)).into_response()
 }
 
-fn control_plane_view(state: &SharedState) -> serde_json::Value {
+fn control_plane_view(state: &SharedState, full: bool) -> serde_json::Value {
     let sync = state.sync();
     if sync.control_plane.is_none() {
         return serde_json::Value::Null;
@@ -157,12 +206,24 @@ fn control_plane_view(state: &SharedState) -> serde_json::Value {
         "last_contact": sync.last_contact,
         "seconds_since_contact": age,
         "orphaned": sync.orphaned,
-        "last_nack": sync.last_nack,
+        "last_nack": if full { sync.last_nack } else { sync.last_nack.map(|_| REDACTED.to_owned()) },
     })
 }
 
-async fn history(State(s): State<AdminState>) -> Response {
-    Json(json!({"entries": s.state.history()})).into_response()
+async fn history(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let mut entries = s.state.history();
+    if s.may_see_routes(peer, &headers) {
+        return Json(json!({"entries": entries})).into_response();
+    }
+    // The diffs name customers and endpoints; what changed when, and by how much, stays.
+    for e in &mut entries {
+        e.diff = None;
+    }
+    Json(json!({"entries": entries, "redacted": REDACTED})).into_response()
 }
 
 fn unauthorized(e: &auth::AuthError) -> Response {
@@ -270,7 +331,7 @@ fn failure(message: &str, e: &ApplyError) -> Response {
     let status = match e {
         ApplyError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ApplyError::Panicked(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        ApplyError::Managed | ApplyError::Pinned | ApplyError::NoSnapshot => StatusCode::CONFLICT,
+        ApplyError::Refused(_) | ApplyError::NoSnapshot => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
     };
     (
