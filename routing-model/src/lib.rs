@@ -14,7 +14,8 @@
 //!   is a single hash probe;
 //! - [`diff`]: what changed between two configs, for audit logs and history;
 //! - [`endpoint`]: endpoint URLs, parsed the one way validation and the proxy both use;
-//! - [`protocol`]: the WebSocket messages between control plane and data planes.
+//! - [`protocol`]: the WebSocket messages between control plane and data planes;
+//! - [`ledger`]: which ACKs and NACKs a session may receive, given what it was sent.
 //!
 //! - [`crd`] (feature `kube`): the `RoutingConfig` custom resource and its status, derived from
 //!   the same spec type, for the control plane and `crdgen`.
@@ -30,6 +31,7 @@ pub mod crd;
 pub mod diff;
 pub mod endpoint;
 pub mod hash;
+pub mod ledger;
 pub mod manifest;
 pub mod parse;
 pub mod protocol;

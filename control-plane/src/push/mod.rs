@@ -5,7 +5,7 @@
 //!   subscribe to;
 //! - [`publisher`]: each snapshot encoded once, shared by every subscriber, latest-wins;
 //! - [`session`]: one data plane's session, authenticated → hello → subscribed → closed;
-//! - [`ledger`]: what a session was sent, which its ACKs and NACKs must match;
+//! - `routing_model::ledger`: what a session was sent, which its ACKs and NACKs must match;
 //! - [`registry`]: what each data plane last reported, keyed by identity and id, for
 //!   `/debug/dataplanes` and status.
 //!
@@ -17,7 +17,6 @@
 //! control plane sends) is.
 
 pub mod auth;
-pub mod ledger;
 pub mod publisher;
 pub mod registry;
 pub mod session;

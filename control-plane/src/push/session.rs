@@ -34,11 +34,11 @@ use routing_model::protocol::{
 
 use super::PushState;
 use super::auth::Identity;
-use super::ledger::{Ledger, Origin, Violation};
 use super::publisher::{Encoded, Published};
 use super::registry::{Arrival, DataPlaneKey, Registry, Session};
 use crate::metrics::Metrics;
 use crate::snapshot::ObjectKey;
+use routing_model::ledger::{Ledger, Origin, Violation};
 
 /// Longest lineage accepted in a hello's `applied` (a uid, or `file:` + an absolute path + an
 /// epoch; `PATH_MAX` is 4096).

@@ -8,11 +8,13 @@
 //! makes the data plane apply the snapshot it refused while pinned, and ACK it.
 //!
 //! Anything else is a [`Violation`]: an ACK or NACK for something never sent, or a replay of
-//! one already given. The session counts it and changes nothing.
+//! one already given. The control plane's session counts it and changes nothing. These are rules
+//! of the protocol (PROTOCOL.md, "ACK and NACK only for what this session was sent"), so they
+//! live beside it, where the fuzz target and both binaries' authors find them.
 
 use std::collections::VecDeque;
 
-use routing_model::protocol::SnapshotRef;
+use crate::protocol::SnapshotRef;
 
 /// Entries kept; latest-wins delivery means only the newest few can still be answered.
 pub const LEDGER_ENTRIES: usize = 16;
@@ -163,6 +165,18 @@ mod tests {
             Err(Violation::AckNotSent),
             "retired by the answer to 3"
         );
+    }
+
+    /// What a real data plane sends for a burst: version 1 applying, 2 waiting, 3 replacing 2.
+    #[test]
+    fn a_superseded_nack_after_the_answer_of_the_one_applying_is_honest() {
+        let mut ledger = Ledger::default();
+        for v in 1..=3 {
+            ledger.record(r(v), Origin::Sent);
+        }
+        assert_eq!(ledger.ack(&r(1)), Ok(()));
+        assert_eq!(ledger.nack(&r(2)), Ok(()));
+        assert_eq!(ledger.ack(&r(3)), Ok(()));
     }
 
     #[test]
