@@ -8,9 +8,14 @@
 //! - [`source`]: where configs come from (the local file, its watcher, SIGHUP);
 //! - [`control_plane`]: the session with the control plane (snapshots in, ACK/NACK out);
 //! - [`cache`]: the crash-safe last-known-good snapshot on disk;
-//! - [`proxy`]: the request path: one `ArcSwap` load, one hash probe, forward;
+//! - [`proxy`]: the request path, one worker per core: one `ArcSwap` load, one hash probe,
+//!   forward (HTTP/1.x, HTTP/2, gRPC, upgrades);
 //! - [`admin`]: health, readiness, metrics and the authenticated admin API;
-//! - [`metrics`]: every Prometheus metric, registered in one place;
+//! - [`upstream`]: the cells a table routes to, and each worker's connections to them;
+//! - [`metrics`]: every Prometheus metric, registered in one place (request metrics sharded
+//!   per worker);
+//! - [`provenance`]: where a table came from and why it was applied (labels shared by state
+//!   and metrics);
 //! - [`run`]: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -22,6 +27,7 @@ pub mod cache;
 pub mod cli;
 pub mod control_plane;
 pub mod metrics;
+pub mod provenance;
 pub mod proxy;
 pub mod run;
 pub mod source;

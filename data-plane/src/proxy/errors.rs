@@ -1,7 +1,9 @@
 //! The proxy's own responses: short JSON bodies that say which placement failed and how.
 //!
 //! A 502 (the cell could not be reached or broke the connection) and a 504 (the cell did not
-//! answer in time) are different failures for an operator, so they are different statuses.
+//! answer in time) are different failures for an operator, so they are different statuses; and
+//! every one of them is counted as the proxy's own (`cellroute_proxy_errors_total`), apart from
+//! the statuses cells send.
 
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
@@ -50,4 +52,17 @@ pub fn bad_request(detail: String) -> Response<ProxyBody> {
         StatusCode::BAD_REQUEST,
         json!({"error": "bad request", "detail": detail}),
     )
+}
+
+/// `CONNECT`: a reverse proxy to cells opens no tunnels to arbitrary addresses.
+pub fn connect_refused() -> Response<ProxyBody> {
+    let mut resp = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": "method not allowed", "detail": "CONNECT is not proxied: requests are routed to cells by customer, not to an address the client names"}),
+    );
+    resp.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE"),
+    );
+    resp
 }
