@@ -12,8 +12,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::task::TaskTracker;
 
+use super::errors::{Local, is_grpc};
 use super::headers::{self, Peer};
-use super::{errors, tunnel};
+use super::tunnel;
 use crate::metrics::{Metrics, ProxyError};
 use crate::state::SharedState;
 use crate::upstream::WorkerUpstream;
@@ -100,7 +101,7 @@ pub async fn handle(
         let guard = worker.ctx.state.active.load();
         let Some(active) = guard.as_ref() else {
             worker.ctx.metrics.no_table.inc();
-            return Ok(errors::no_table());
+            return Ok(Local::NoTable.respond(is_grpc(req.headers())));
         };
         let customer = req.headers().get(&active.header).map(|v| v.as_bytes());
         active
@@ -123,16 +124,18 @@ async fn forward(
     let fail = |error: ProxyError| upstream.metrics.record_error(worker.index, error);
     if req.method() == Method::CONNECT {
         fail(ProxyError::BadRequest);
-        return errors::connect_refused();
+        return Local::Connect.respond(is_grpc(req.headers()));
     }
     let upgrade = headers::upgrade_protocol(req.headers(), req.version());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    // A gRPC client needs the proxy's errors as gRPC statuses.
+    let grpc = is_grpc(req.headers());
     let (mut parts, body) = req.into_parts();
     let uri = match upstream_uri(upstream, &parts.uri) {
         Ok(uri) => uri,
         Err(detail) => {
             fail(ProxyError::BadRequest);
-            return errors::bad_request(detail);
+            return Local::BadRequest { detail }.respond(grpc);
         }
     };
     let original_host = parts.headers.remove(header::HOST).or_else(|| {
@@ -157,11 +160,19 @@ async fn forward(
     match sent {
         Err(_) => {
             fail(ProxyError::Timeout);
-            errors::timeout(&upstream.placement, timeout.as_millis())
+            Local::Timeout {
+                placement: &upstream.placement,
+                timeout_ms: timeout.as_millis(),
+            }
+            .respond(grpc)
         }
         Ok(Err(e)) => {
             fail(ProxyError::Unreachable);
-            errors::unreachable(&upstream.placement, e.to_string())
+            Local::Unreachable {
+                placement: &upstream.placement,
+                detail: e.to_string(),
+            }
+            .respond(grpc)
         }
         Ok(Ok(mut resp)) => {
             upstream
