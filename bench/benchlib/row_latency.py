@@ -4,7 +4,9 @@ wrk finds each contender's maximum (closed loop: as fast as it answers). A proxy
 below its maximum, where what matters is the latency at a given rate, tail included; a closed
 loop hides stalls (coordinated omission). So oha offers a fixed rate (open loop, with latency
 correction: each request's time counts from when it was due) at 50 % and 80 % of the maximum
-nginx reached in this same run, to both contenders, interleaved.
+nginx reached in this same run, to both contenders, interleaved. oha costs more CPU per request
+than wrk and runs on the same two cores, so a rate is a larger share of the machine than its
+fraction says; it is the same share for both contenders.
 """
 
 from __future__ import annotations
