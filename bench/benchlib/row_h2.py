@@ -39,12 +39,12 @@ def h2load_command_text(path: str, grpc: bool) -> str:
             f"-H 'x-customer-id: {LOAD_IDS[1]}'{extra} http://127.0.0.1:PORT{path}")
 
 
-def check_grpc(port: int, cell: str) -> None:
+def check_grpc(port: int, cell: str, payload: Path) -> None:
     """One gRPC call through `port` (nghttp): it must end with grpc-status 0 from `cell`."""
     out = subprocess.run(["nghttp", "-v", "-H", ":method: POST", "-H", "content-type: application/grpc",
                           "-H", "te: trailers", "-H", f"x-customer-id: {LOAD_IDS[0]}",
-                          "-d", "/dev/stdin", f"http://127.0.0.1:{port}{GRPC_PATH}"],
-                         input=grpc_say_frame(), capture_output=True, timeout=20)
+                          "-d", str(payload), f"http://127.0.0.1:{port}{GRPC_PATH}"],
+                         capture_output=True, timeout=20)
     text = out.stdout.decode(errors="replace")
     if "grpc-status: 0" not in text or cell.encode() not in out.stdout:
         raise RuntimeError(f"gRPC check through port {port} failed:\n{text[-3000:]}")
@@ -116,7 +116,7 @@ def row_h2(env: Env) -> dict:
           env.start_nginx("grpc-nginx2", 2, grpc=True, cells=grpc_cells)]
     cs[2].label = "nginx, 2 workers (grpc_pass)"
     for c in cs[1:]:
-        check_grpc(c.port, "cell-a")
+        check_grpc(c.port, "cell-a", payload)
     grpc_headers = {**headers, "content-type": "application/grpc", "te": "trailers"}
 
     def upstream_pids() -> list[int]:
