@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench as B  # noqa: E402  (shared helpers: processes, ports, percentiles, machine, plots)
+import benchlib as B  # noqa: E402  (shared helpers: processes, ports, percentiles, machine, plots)
 
 ROOT = B.ROOT
 BEGIN = "<!-- bench:push:begin -->"

@@ -59,6 +59,16 @@ pub struct RunArgs {
     #[arg(long, env = "CELLROUTE_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
+    /// Extra CA certificates (PEM) to trust for `https` cells, in addition to the system's
+    /// roots.
+    #[arg(long, env = "CELLROUTE_UPSTREAM_CA", value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// Proxy workers: each is a thread with its own event loop, listening socket
+    /// (SO_REUSEPORT) and connections to the cells. Default: the CPUs this process may use.
+    #[arg(long, env = "CELLROUTE_WORKERS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub workers: Option<usize>,
+
     /// Largest accepted config file, in bytes; larger files are rejected before parsing.
     #[arg(long, env = "CELLROUTE_MAX_CONFIG_BYTES", default_value_t = routing_model::parse::DEFAULT_MAX_CONFIG_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 30))]

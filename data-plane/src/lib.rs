@@ -12,10 +12,15 @@
 //! - [`control_plane`]: the session with the control plane (snapshots in, ACK/NACK out);
 //! - [`cache`]: the crash-safe last-known-good snapshot on disk, and the task writing it;
 //! - [`identity`]: this data plane's id as the control plane sees it;
-//! - [`proxy`]: the request path: one `ArcSwap` load, one hash probe, forward;
+//! - [`proxy`]: the request path, one worker per core: one `ArcSwap` load, one hash probe,
+//!   forward (HTTP/1.x, HTTP/2, gRPC, upgrades);
 //! - [`admin`]: health, readiness, metrics and the admin API (and the probe-only health
 //!   listener);
-//! - [`metrics`]: every Prometheus metric, registered in one place;
+//! - [`upstream`]: the cells a table routes to, and each worker's connections to them;
+//! - [`metrics`]: every Prometheus metric, registered in one place (request metrics sharded
+//!   per worker);
+//! - [`provenance`]: where a table came from and why it was applied (labels shared by state
+//!   and metrics);
 //! - [`run`]: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -30,6 +35,7 @@ pub mod control_plane;
 pub mod identity;
 pub mod metrics;
 pub mod precedence;
+pub mod provenance;
 pub mod proxy;
 pub mod run;
 pub mod source;

@@ -44,15 +44,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let token = AdminToken::new(args.admin_token_file.clone())?;
     let shutdown = CancellationToken::new();
     let draining = Arc::new(AtomicBool::new(false));
-    let metrics = Metrics::new();
+    let workers = args.workers.unwrap_or_else(proxy::default_workers);
+    let metrics = Metrics::with_workers(workers);
     let state = Arc::new(SharedState::default());
     // Before anything slow, so that a signal during startup is handled, not fatal (SIGHUP's
     // default action would end the process).
     let hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let mut signals = Signals::install()?;
 
-    let proxy_listener = proxy::bind(args.listen)
-        .await
+    let proxy_listener = proxy::Listeners::bind(args.listen, workers)
         .with_context(|| format!("cannot listen on --listen {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
@@ -147,9 +147,12 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ProxyContext::new(
         state.clone(),
         metrics.clone(),
-        args.upstream_timeout,
-        args.connect_timeout,
-    ));
+        &proxy::Settings {
+            upstream_timeout: args.upstream_timeout,
+            connect_timeout: args.connect_timeout,
+            upstream_ca: args.upstream_ca.clone(),
+        },
+    )?);
     let admin_state = AdminState {
         state,
         applier,
@@ -158,7 +161,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         draining: draining.clone(),
     };
 
-    tracing::info!(listener = "proxy", addr = %proxy_listener.local_addr()?, "listening");
+    tracing::info!(listener = "proxy", addr = %proxy_listener.local_addr(), workers, "listening");
     tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
     let admin_stop = CancellationToken::new();
     let mut servers = vec![spawn_server(
@@ -176,12 +179,8 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             admin_stop.clone(),
         ));
     }
-    let proxy_task = tokio::spawn(proxy::serve(
-        proxy_listener,
-        ctx,
-        shutdown.clone(),
-        args.shutdown_grace,
-    ));
+    let proxy_task = proxy::start(proxy_listener, ctx, shutdown.clone(), args.shutdown_grace)
+        .context("cannot start the proxy workers")?;
 
     signals.next().await;
     draining.store(true, Ordering::Relaxed);

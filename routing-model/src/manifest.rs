@@ -120,8 +120,10 @@ pub struct RoutingConfigSpec {
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::customer_map")]
     pub customer_to_placement: BTreeMap<String, String>,
-    /// Placement name to the absolute `http`/`https` URL of the cell that serves it. A path in
-    /// the URL is prefixed to every forwarded request path.
+    /// Placement name to the absolute URL of the cell that serves it. The scheme says what the
+    /// proxy speaks to the cell: `http` (HTTP/1.1), `h2c` (HTTP/2 without TLS, for gRPC) or
+    /// `https` (TLS, HTTP/2 or HTTP/1.1 by ALPN). A path in the URL is prefixed to every
+    /// forwarded request path.
     #[schemars(schema_with = "crate::schema::endpoint_map")]
     pub placement_to_endpoint: BTreeMap<String, String>,
 }

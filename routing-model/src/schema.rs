@@ -11,10 +11,10 @@ use crate::validate::{MAX_ENDPOINT_BYTES, MAX_NAME_BYTES, MAX_PLACEMENTS};
 /// object limit binds before this in practice.
 pub const MAX_CRD_CUSTOMERS: usize = 100_000;
 
-/// An http(s) URL in printable ASCII with a host and no credentials, query or fragment
+/// An `http`, `h2c` or `https` URL in printable ASCII with a host and no credentials, query or fragment
 /// (validation re-checks it with the parser the proxy uses).
 pub const ENDPOINT_PATTERN: &str =
-    r"^https?://[\x21-\x22\x24-\x2e\x30-\x3e\x41-\x7e]+(/[\x21-\x22\x24-\x3e\x40-\x7e]*)?$";
+    r"^(https?|h2c)://[\x21-\x22\x24-\x2e\x30-\x3e\x41-\x7e]+(/[\x21-\x22\x24-\x3e\x40-\x7e]*)?$";
 
 /// Schema of `spec.customerToPlacement`.
 pub fn customer_map(_: &mut SchemaGenerator) -> Schema {
@@ -81,6 +81,7 @@ mod tests {
             "https://h:8443/base/x@y",
             "http://[::1]:80",
             "http://cell.ns.svc:9001/a/b%20c",
+            "h2c://grpc:50051",
         ] {
             assert!(Endpoint::parse(good).is_ok(), "{good}");
             assert!(pattern.is_match(good), "pattern refuses {good}");
@@ -91,6 +92,8 @@ mod tests {
             "http://u@h",
             "http://h?q",
             "http://h#f",
+            "h2://h",
+            "grpc://h",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
             assert!(!pattern.is_match(bad), "pattern accepts {bad}");

@@ -8,10 +8,12 @@
 //! ```
 //!
 //! so a test can tell from one response both where the proxy sent the request and what it
-//! forwarded. Two paths behave specially: `/slow?ms=N` answers after N milliseconds (for
-//! timeouts and graceful shutdown), and `/status/NNN` answers with that status code. Header
-//! names are lowercased; repeated headers are joined with `", "`; `query` is `null` when the
-//! request had none.
+//! forwarded (`version` is the HTTP version it arrived in: `HTTP/1.1`, `HTTP/2.0`). Some paths
+//! behave specially: `/slow?ms=N` answers after N milliseconds (for timeouts and graceful
+//! shutdown), `/status/NNN` answers with that status code, `/stream?chunks=N` answers N chunks
+//! of a body without a length (chunked over HTTP/1.1), and `/duplex` streams the request body
+//! back as it arrives, frame by frame (for streaming both ways). Header names are lowercased;
+//! repeated headers are joined with `", "`; `query` is `null` when the request had none.
 //!
 //! The cell never fails a request on its own: any error a test sees comes from the proxy.
 
@@ -24,7 +26,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -138,25 +141,52 @@ pub async fn serve(listener: TcpListener, name: Arc<str>, counters: Arc<Counters
             }
         };
         let _ = stream.set_nodelay(true);
-        let name = Arc::clone(&name);
-        let counters = Arc::clone(&counters);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, Arc::clone(&name), Arc::clone(&counters)));
-            // A client hanging up mid-request is normal (timeouts, shutdown tests): ignore it.
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, Arc::clone(&name), Arc::clone(&counters)));
     }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2, on any byte stream: TCP, TLS) with the echo
+/// handler until it closes.
+pub async fn serve_connection<I>(io: I, name: Arc<str>, counters: Arc<Counters>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handle(req, Arc::clone(&name), Arc::clone(&counters)));
+    // A client hanging up mid-request is normal (timeouts, shutdown tests): ignore it.
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// Body of every echo answer.
+type EchoBody = BoxBody<Bytes, hyper::Error>;
+
+fn full(bytes: impl Into<Bytes>) -> EchoBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 async fn handle(
     req: Request<Incoming>,
     name: Arc<str>,
     counters: Arc<Counters>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<EchoBody>, Infallible> {
     counters.received.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
+    if parts.uri.path() == "/duplex" {
+        counters.served.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::new(body.boxed()));
+    }
+    if parts.uri.path() == "/stream" {
+        let chunks = query_param(parts.uri.query(), "chunks")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1)
+            .min(10_000);
+        let frames = (0..chunks).map(|i| Ok(hyper::body::Frame::data(Bytes::from(format!("chunk {i}\n")))));
+        counters.served.fetch_add(1, Ordering::SeqCst);
+        return Ok(Response::new(
+            StreamBody::new(futures_util::stream::iter(frames)).boxed(),
+        ));
+    }
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path();
     let query = parts.uri.query();
@@ -187,6 +217,7 @@ async fn handle(
     let echo = serde_json::json!({
         "cell": &*name,
         "method": parts.method.as_str(),
+        "version": format!("{:?}", parts.version),
         "path": path,
         "query": query,
         "headers": headers,
@@ -195,7 +226,7 @@ async fn handle(
     let response = Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(echo.to_string())))
+        .body(full(echo.to_string()))
         .expect("static response parts are valid");
     counters.served.fetch_add(1, Ordering::SeqCst);
     Ok(response)

@@ -7,6 +7,10 @@
 //! those tests share, one concern per module:
 //!
 //! - [`echo`]: an echo cell that answers every request with what it received;
+//! - [`tls_cell`]: the echo cell behind TLS, with a certificate made for the test and a chosen
+//!   ALPN offer;
+//! - [`grpc`]: a tonic gRPC cell and client (unary, streaming, error trailers);
+//! - [`websocket`]: a WebSocket echo cell and client (tokio-tungstenite);
 //! - [`process`]: start, signal, stop and read the logs of the real binaries;
 //! - [`k8s`]: the Kubernetes API server of the run, its CRD, namespaces and RoutingConfigs;
 //! - [`control_plane`]: the real `control-plane` binary watching that API server;
@@ -45,6 +49,7 @@ pub mod example;
 pub mod faketime;
 pub mod fault;
 pub mod fixture;
+pub mod grpc;
 pub mod inject;
 pub mod journey;
 pub mod k8s;
@@ -56,5 +61,7 @@ pub mod push;
 pub mod push_k8s;
 pub mod relay;
 pub mod scripted_cp;
+pub mod tls_cell;
 pub mod wait;
+pub mod websocket;
 pub mod ws;

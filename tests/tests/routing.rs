@@ -194,7 +194,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             ("connection", "keep-alive, x-foo"),
             ("x-foo", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "deflate, trailers"),
             ("upgrade", "example/1"),
             ("proxy-authorization", "Basic Zm9vOmJhcg=="),
             ("x-end-to-end", "kept"),
@@ -204,12 +204,19 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     .await;
     assert_eq!(reply.status, 200, "{reply}");
     let headers = reply.json["headers"].as_object().expect("echo headers");
-    for hop in ["x-foo", "keep-alive", "te", "upgrade", "proxy-authorization"] {
+    for hop in ["x-foo", "keep-alive", "upgrade", "proxy-authorization"] {
         assert!(
             !headers.contains_key(hop),
             "hop-by-hop header {hop} reached the cell: {reply}"
         );
     }
+    // TE is hop-by-hop too: the client's transfer codings are not forwarded, but the proxy says
+    // it accepts trailers because the client does and trailers are passed on (gRPC needs it).
+    assert_eq!(
+        headers.get("te").and_then(|v| v.as_str()),
+        Some("trailers"),
+        "{reply}"
+    );
     // The connection header may be set by the proxy's own client, but must not carry the
     // client's tokens.
     let connection = headers
@@ -243,14 +250,30 @@ async fn an_unreachable_cell_gives_502_naming_the_placement() {
     assert!(!reply.str("detail").is_empty(), "502 should say why: {reply}");
     // Other customers are unaffected by one dead cell.
     h.proxy.assert_cell(Some("globex"), "cell-c").await;
-    let failures = h
+    // The proxy's own failure, apart from what cells answer: an alert on cells' 5xx must not
+    // fire because the sidecar could not reach one, and the other way round.
+    let proxy_errors = h
+        .admin
+        .counter(
+            "cellroute_proxy_errors_total",
+            &[("placement", "tier-dead"), ("reason", "unreachable")],
+        )
+        .await;
+    assert_eq!(
+        proxy_errors, 1.0,
+        "the 502 must be counted as the proxy's, against its placement"
+    );
+    let cell_5xx = h
         .admin
         .counter(
             "cellroute_requests_total",
             &[("placement", "tier-dead"), ("status_class", "5xx")],
         )
         .await;
-    assert_eq!(failures, 1.0, "the 502 must be counted against its placement");
+    assert_eq!(
+        cell_5xx, 0.0,
+        "no cell answered, so no cell status may be counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +296,21 @@ async fn a_slow_cell_gives_504_after_the_upstream_timeout() {
     // A fast request on the same placement still works.
     let ok = h.proxy.get("/slow?ms=10", None).await;
     assert_eq!(ok.status, 200, "{ok}");
+    let m = &h.admin;
+    let timeouts = m
+        .counter(
+            "cellroute_proxy_errors_total",
+            &[("placement", "tier1"), ("reason", "timeout")],
+        )
+        .await;
+    assert_eq!(timeouts, 1.0, "the 504 is the proxy's own error");
+    let cell_2xx = m
+        .counter(
+            "cellroute_requests_total",
+            &[("placement", "tier1"), ("status_class", "2xx")],
+        )
+        .await;
+    assert_eq!(cell_2xx, 1.0, "only the fast request got an answer from the cell");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,5 +324,26 @@ async fn upstream_status_codes_pass_through_untouched() {
         assert_eq!(reply.status, status, "{reply}");
         // The body is the cell's, not a proxy error.
         assert_eq!(reply.str("cell"), "cell-a", "{reply}");
+    }
+    // Counted as the cell's statuses, and none as the proxy's errors.
+    for (class, n) in [("2xx", 1.0), ("4xx", 2.0), ("5xx", 2.0)] {
+        let got = h
+            .admin
+            .counter(
+                "cellroute_requests_total",
+                &[("placement", "tier1"), ("status_class", class)],
+            )
+            .await;
+        assert_eq!(got, n, "cell responses of class {class}");
+    }
+    for reason in ["unreachable", "timeout", "bad_request"] {
+        let got = h
+            .admin
+            .counter(
+                "cellroute_proxy_errors_total",
+                &[("placement", "tier1"), ("reason", reason)],
+            )
+            .await;
+        assert_eq!(got, 0.0, "proxy errors ({reason}) while every cell answered");
     }
 }

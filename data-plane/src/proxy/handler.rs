@@ -1,133 +1,190 @@
 //! Routing and forwarding of one request.
 
 use std::convert::Infallible;
-use std::error::Error as _;
-use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use tokio_util::task::TaskTracker;
 
-use super::{errors, headers};
-use crate::metrics::Metrics;
+use super::errors::{Local, is_grpc};
+use super::headers::{self, Peer};
+use super::tunnel;
+use crate::metrics::{Metrics, ProxyError};
 use crate::state::SharedState;
-use crate::upstream::Upstream;
+use crate::upstream::WorkerUpstream;
+use crate::upstream::body::UpstreamBody;
+use crate::upstream::connect::{Connector, UpstreamCaError};
+use crate::upstream::pool::Pools;
 
-/// Body of every proxy response: the upstream's body streamed through, or a short local one.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Body of every proxy response: the cell's body streamed through, or a short local one.
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// The pooled client used for every upstream.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+/// How the proxy forwards, from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time allowed for response headers.
+    pub upstream_timeout: Duration,
+    /// Time allowed to open a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// Extra CAs (PEM) trusted for `https` cells.
+    pub upstream_ca: Option<PathBuf>,
+}
 
-/// What the request path shares.
+/// What every worker shares: the active table, metrics, settings.
 pub struct ProxyContext {
     /// The active table.
     pub state: Arc<SharedState>,
-    /// The pooled upstream client.
-    pub client: UpstreamClient,
-    /// Time allowed for response headers.
-    pub upstream_timeout: Duration,
     /// Metrics not tied to a placement.
     pub metrics: Arc<Metrics>,
+    /// Time allowed for response headers.
+    pub upstream_timeout: Duration,
+    pub(super) connector: Arc<Connector>,
 }
 
 impl ProxyContext {
-    /// Builds the upstream client: pooled keep-alive connections, `connect_timeout` per
-    /// connection attempt, TLS for `https` endpoints with the system's root certificates.
+    /// The shared part of the proxy. Fails when `--upstream-ca` cannot be read.
     pub fn new(
         state: Arc<SharedState>,
         metrics: Arc<Metrics>,
-        upstream_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no usable system root certificates; using the bundled Mozilla roots for https upstreams");
-                hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots()
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
-        Self {
+        settings: &Settings,
+    ) -> Result<Self, UpstreamCaError> {
+        let connector = Connector::new(settings.connect_timeout, settings.upstream_ca.as_deref())?;
+        Ok(Self {
             state,
-            client,
-            upstream_timeout,
             metrics,
+            upstream_timeout: settings.upstream_timeout,
+            connector: Arc::new(connector),
+        })
+    }
+}
+
+/// One worker (one core): its connections to cells and its tunnels. A request is served by
+/// one worker from start to end.
+pub struct Worker {
+    /// Which worker: the index of its metric shards and of its view of each upstream.
+    pub index: usize,
+    /// What all workers share.
+    pub ctx: Arc<ProxyContext>,
+    /// This worker's connections to cells.
+    pub pools: Pools,
+    /// This worker's open tunnels.
+    pub tunnels: TaskTracker,
+}
+
+impl Worker {
+    /// Worker `index` of `ctx`.
+    pub fn new(index: usize, ctx: Arc<ProxyContext>) -> Self {
+        Self {
+            index,
+            pools: Pools::new(ctx.connector.clone()),
+            ctx,
+            tunnels: TaskTracker::new(),
         }
     }
 }
 
-/// Routes and forwards one request. Never fails: errors become 5xx responses.
+/// Routes and forwards one request. Never fails: errors become local responses.
 pub async fn handle(
     req: Request<Incoming>,
-    ctx: Arc<ProxyContext>,
-    remote: SocketAddr,
+    worker: Arc<Worker>,
+    peer: Arc<Peer>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // One load, one probe. Only the chosen upstream's Arc outlives this block, so a table swap
-    // during the request neither changes its route nor waits for it.
-    let upstream: Arc<Upstream> = {
-        let guard = ctx.state.active.load();
+    // One load, one probe. Only this worker's view of the chosen upstream outlives this block,
+    // so a table swap during the request neither changes its route nor waits for it.
+    let upstream: Arc<WorkerUpstream> = {
+        let guard = worker.ctx.state.active.load();
         let Some(active) = guard.as_ref() else {
-            ctx.metrics.no_table.inc();
-            return Ok(errors::no_table());
+            worker.ctx.metrics.no_table.inc();
+            return Ok(Local::NoTable.respond(is_grpc(req.headers())));
         };
         let customer = req.headers().get(&active.header).map(|v| v.as_bytes());
-        active.table.route(customer).placement.payload.clone()
+        active
+            .table
+            .route(customer)
+            .placement
+            .payload
+            .for_worker(worker.index)
+            .clone()
     };
-    let started = Instant::now();
-    let response = forward(req, &ctx, &upstream, remote).await;
-    upstream
-        .metrics
-        .record(response.status().as_u16(), started.elapsed().as_secs_f64());
-    Ok(response)
+    Ok(forward(req, &worker, &upstream, &peer).await)
 }
 
 async fn forward(
-    req: Request<Incoming>,
-    ctx: &ProxyContext,
-    upstream: &Upstream,
-    remote: SocketAddr,
+    mut req: Request<Incoming>,
+    worker: &Worker,
+    upstream: &WorkerUpstream,
+    peer: &Peer,
 ) -> Response<ProxyBody> {
+    let fail = |error: ProxyError| upstream.metrics.record_error(worker.index, error);
+    if req.method() == Method::CONNECT {
+        fail(ProxyError::BadRequest);
+        return Local::Connect.respond(is_grpc(req.headers()));
+    }
+    let upgrade = headers::upgrade_protocol(req.headers(), req.version());
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    // A gRPC client needs the proxy's errors as gRPC statuses.
+    let grpc = is_grpc(req.headers());
     let (mut parts, body) = req.into_parts();
     let uri = match upstream_uri(upstream, &parts.uri) {
         Ok(uri) => uri,
-        Err(detail) => return errors::bad_request(detail),
+        Err(detail) => {
+            fail(ProxyError::BadRequest);
+            return Local::BadRequest { detail }.respond(grpc);
+        }
     };
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+    let original_host = parts.headers.remove(header::HOST).or_else(|| {
         parts
             .uri
             .authority()
             .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
     });
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, remote, original_host);
-    parts.headers.insert(header::HOST, upstream.host_header.clone());
+    let upgrades = upgrade.is_some();
+    headers::prepare_request(
+        &mut parts.headers,
+        peer,
+        original_host,
+        &upstream.host_header,
+        upgrade,
+    );
     parts.uri = uri;
-    // Upstreams are spoken to over HTTP/1.1 whatever the client used.
-    parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
-    match tokio::time::timeout(ctx.upstream_timeout, ctx.client.request(upstream_req)).await {
-        Err(_) => errors::timeout(&upstream.placement, ctx.upstream_timeout.as_millis()),
-        Ok(Err(e)) => errors::unreachable(&upstream.placement, error_chain(&e)),
-        Ok(Ok(resp)) => {
+    let started = Instant::now();
+    let pool = upstream.pool(&worker.pools);
+    let timeout = worker.ctx.upstream_timeout;
+    let sent = tokio::time::timeout(timeout, pool.send(Request::from_parts(parts, body), upgrades)).await;
+    match sent {
+        Err(_) => {
+            fail(ProxyError::Timeout);
+            Local::Timeout {
+                placement: &upstream.placement,
+                timeout_ms: timeout.as_millis(),
+            }
+            .respond(grpc)
+        }
+        Ok(Err(e)) => {
+            fail(ProxyError::Unreachable);
+            Local::Unreachable {
+                placement: &upstream.placement,
+                detail: e.to_string(),
+            }
+            .respond(grpc)
+        }
+        Ok(Ok(mut resp)) => {
+            upstream
+                .metrics
+                .record_response(worker.index, resp.status().as_u16(), started.elapsed());
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching && let Some(client) = client_upgrade {
+                let cell = hyper::upgrade::on(&mut resp);
+                tunnel::spawn(&worker.tunnels, client, cell, upstream.placement.clone());
+            }
             let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
+            headers::prepare_response(&mut parts.headers, switching);
             Response::from_parts(parts, Either::Left(body))
         }
     }
@@ -135,7 +192,7 @@ async fn forward(
 
 /// The upstream URI: the endpoint's scheme, authority and base path, then the request's path
 /// and query.
-fn upstream_uri(upstream: &Upstream, original: &Uri) -> Result<Uri, String> {
+fn upstream_uri(upstream: &WorkerUpstream, original: &Uri) -> Result<Uri, String> {
     let path_and_query = match original.path_and_query() {
         Some(pq) if upstream.base_path.is_empty() => pq.clone(),
         Some(pq) => join(&upstream.base_path, pq.as_str())?,
@@ -153,16 +210,4 @@ fn upstream_uri(upstream: &Upstream, original: &Uri) -> Result<Uri, String> {
 fn join(base: &str, path_and_query: &str) -> Result<PathAndQuery, String> {
     PathAndQuery::from_maybe_shared(Bytes::from(format!("{base}{path_and_query}")))
         .map_err(|e| format!("invalid request path: {e}"))
-}
-
-/// An error with its causes, on one line: hyper's top-level messages alone are too vague.
-fn error_chain(e: &hyper_util::client::legacy::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
