@@ -8,7 +8,8 @@
 //!   container is the one the chart's named templates render;
 //! - unannotated pods, opted-out pods, disabled and unselected namespaces are untouched;
 //! - bad annotations refuse the pod, naming the annotation; Events and metrics show each case;
-//! - with the injector down, `Ignore` admits pods unmutated and `Fail` refuses them;
+//! - with the injector down, `Ignore` admits pods unmutated (the README's kubectl command finds
+//!   them) and `Fail` refuses them;
 //! - native sidecars go first in `initContainers`;
 //! - the serving certificate is renewed while serving, and replicas share it.
 //!
@@ -29,6 +30,9 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 
 const SIDECAR: &str = "cellroute-data-plane";
+
+/// The columns of the README's command that finds pods admitted without the sidecar.
+const FIND_UNINJECTED: &str = r"NAMESPACE:.metadata.namespace,NAME:.metadata.name,INJECT:.metadata.annotations.cellroute\.dev/inject,INJECTED:.metadata.annotations.cellroute\.dev/injected";
 
 /// The injected sidecar as stored, as JSON.
 fn stored_sidecar(pod: &Pod) -> Value {
@@ -357,6 +361,34 @@ async fn with_the_injector_down_ignore_admits_pods_unmutated_and_fail_refuses_th
         .expect("created while the injector is down");
     assert_eq!(container_names(&pod).0, ["app"]);
     assert_eq!(annotation(&pod, "cellroute.dev/injected"), None);
+    // The README's way to find it: INJECT true, INJECTED <none> (the injected one shows the
+    // version).
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let command = format!("kubectl get pods -A -o custom-columns='{FIND_UNINJECTED}'");
+    assert!(readme.contains(&command), "README.md no longer shows {command}");
+    let table = scene
+        .cluster
+        .kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-A",
+                "-o",
+                &format!("custom-columns={FIND_UNINJECTED}"),
+            ],
+            None,
+        )
+        .await;
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&ns) && cols.get(1).map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {ns}/{name} in:\n{table}"))
+    };
+    assert_eq!(row("down-ignored")[2..], ["true", "<none>"], "{table}");
+    assert_eq!(row("up")[2..], ["true", env!("CARGO_PKG_VERSION")], "{table}");
 
     // failurePolicy Fail: refused while the injector is down.
     let docs = scene.render(&[
