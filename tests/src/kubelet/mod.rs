@@ -295,6 +295,10 @@ impl State {
             .await?
             .items;
         let listed: BTreeSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let endpoints = Api::<Endpoints>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
         for pod in &pods {
             let (Some(uid), Some(ns), Some(name)) = (
                 pod.metadata.uid.clone(),
@@ -315,7 +319,7 @@ impl State {
             match node {
                 None => self.bind(&ns, &name).await,
                 Some(n) if n == self.node && !self.pods.contains_key(&uid) && !self.done.contains(&uid) => {
-                    match self.start_pod(pod).await {
+                    match self.start_pod(pod, &endpoints).await {
                         Ok(running) => {
                             self.pods.insert(uid, running);
                         }
@@ -331,10 +335,6 @@ impl State {
         // Gone without our final delete (force-deleted): stop them.
         self.pods.retain(|uid, _| listed.contains(uid));
 
-        let endpoints = Api::<Endpoints>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
         let uids: Vec<String> = self.pods.keys().cloned().collect();
         for uid in uids {
             self.report(&uid, &endpoints).await;
@@ -532,7 +532,7 @@ impl State {
         Ok(vec![("KUBECONFIG".to_owned(), path.display().to_string())])
     }
 
-    async fn start_pod(&self, pod: &Pod) -> Result<RunningPod, String> {
+    async fn start_pod(&self, pod: &Pod, endpoints: &[Endpoints]) -> Result<RunningPod, String> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let spec = pod.spec.as_ref().ok_or("no spec")?;
@@ -557,6 +557,8 @@ impl State {
         let netns = tokio::task::spawn_blocking(move || network.add_pod())
             .await
             .map_err(|e| e.to_string())?;
+        // Names resolve from the first moment, as with a cluster DNS.
+        netns.write_hosts(&dns::hosts(&namespace, &name, netns.addr(), endpoints));
         let pod_ip = netns.addr().to_string();
         let host_ip = self.network.gateway().to_string();
         let mut running = Vec::new();
