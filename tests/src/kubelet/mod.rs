@@ -244,7 +244,6 @@ fn timestamp() -> String {
 struct State {
     client: Client,
     node: String,
-    network: Arc<PodNetwork>,
     relay: SocketAddr,
     ca: String,
     bin_dir: PathBuf,
@@ -255,6 +254,8 @@ struct State {
     /// Pods (by uid) that were stopped, failed to start or are being deleted: never started.
     done: BTreeSet<String>,
     http: reqwest::Client,
+    /// Last: fields drop in order, and the bridge goes after the pods' namespaces.
+    network: Arc<PodNetwork>,
 }
 
 /// One pod the kubelet runs.
