@@ -3,7 +3,7 @@
 //! | endpoint | what it does |
 //! |---|---|
 //! | `GET /healthz` | liveness: 200 while the process runs |
-//! | `GET /readyz` | 200 once the source has loaded its initial state (the first list, or the file) |
+//! | `GET /readyz` | 200 once the source has loaded its initial state (the first list, or the file) and, with the injector on, once the injector serves a certificate whose CA the API server trusts |
 //! | `GET /metrics` | Prometheus / OpenMetrics text |
 //! | `GET /debug/snapshots` | every served snapshot (object, lineage, version, hash) and the last rejection |
 //! | `GET /debug/dataplanes` | every data plane: SYNCED / STALE / REJECTED / DISCONNECTED, like `istioctl proxy-status` |
@@ -38,6 +38,9 @@ pub struct HttpState {
     pub store: Arc<SnapshotStore>,
     /// Opens when the source is loaded.
     pub ready: Readiness,
+    /// With the injector on: opens once it serves a certificate and its CA is published (a
+    /// replica the API server cannot call must not receive the webhook Service's traffic).
+    pub inject_ready: Option<Readiness>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// The push endpoint's state.
@@ -86,15 +89,18 @@ async fn debug_guard(
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
-    if s.ready.is_ready() {
-        Json(json!({"ready": true})).into_response()
+    let reason = if !s.ready.is_ready() {
+        "the initial list of RoutingConfigs has not been loaded yet"
+    } else if s.inject_ready.as_ref().is_some_and(|r| !r.is_ready()) {
+        "the injector has no serving certificate the API server trusts yet (see the log)"
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "the initial list of RoutingConfigs has not been loaded yet"})),
-        )
-            .into_response()
-    }
+        return Json(json!({"ready": true})).into_response();
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"ready": false, "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {

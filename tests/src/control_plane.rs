@@ -25,8 +25,12 @@ use crate::wait::eventually;
 pub struct Options {
     /// The `KUBECONFIG` it gets (the admin's, or a ServiceAccount's).
     pub kubeconfig: std::ffi::OsString,
-    /// `--namespace`: the only namespace it watches. Also the Lease's namespace.
+    /// `--namespace`: the only namespace it watches. Also the Lease's namespace, unless
+    /// `lease_namespace` says otherwise.
     pub namespace: String,
+    /// `--lease-namespace`, when it is not `namespace` (a chart install with
+    /// `controlPlane.watchNamespace` keeps its Lease in the release namespace).
+    pub lease_namespace: Option<String>,
     /// `--lease-name`: replicas sharing it elect one status writer.
     pub lease_name: String,
     /// `--identity`: its name in the Lease and in its Events' reporter.
@@ -42,6 +46,7 @@ impl Options {
         Self {
             kubeconfig: cluster.kubeconfig().clone(),
             namespace: namespace.to_owned(),
+            lease_namespace: None,
             lease_name: format!("cellroute-{namespace}"),
             identity: identity.to_owned(),
             lease_duration: None,
@@ -312,7 +317,10 @@ pub async fn spawn(options: &Options, listen: &str, extra: &[&str]) -> (Process,
     cmd.arg("run")
         .args(["--listen", listen, "--log-format", "json"])
         .args(["--namespace", &options.namespace])
-        .args(["--lease-namespace", &options.namespace])
+        .args([
+            "--lease-namespace",
+            options.lease_namespace.as_deref().unwrap_or(&options.namespace),
+        ])
         .args(["--lease-name", &options.lease_name])
         .args(["--identity", &options.identity]);
     if let Some(secs) = options.lease_duration {

@@ -116,6 +116,26 @@ impl Cluster {
         }
     }
 
+    /// The cluster of the admin kubeconfig `kubeconfig`, driven with `kubectl` and `helm` (for a
+    /// cluster a test started itself, see [`crate::own_cluster`]).
+    pub fn with_tools(kubeconfig: OsString, kubectl: PathBuf, helm: Option<PathBuf>) -> Self {
+        Self {
+            kubeconfig,
+            kubectl,
+            helm,
+        }
+    }
+
+    /// The kubectl binary.
+    pub fn kubectl_path(&self) -> &Path {
+        &self.kubectl
+    }
+
+    /// The helm binary, if there is one.
+    pub fn helm_path(&self) -> Option<&Path> {
+        self.helm.as_deref()
+    }
+
     /// The `KUBECONFIG` value, to hand to a control plane running as the admin.
     pub fn kubeconfig(&self) -> &OsString {
         &self.kubeconfig

@@ -20,6 +20,10 @@
 //! - [`proxy`]: a client for the proxy port, including a raw one for hop-by-hop headers;
 //! - [`client`]: the HTTP plumbing the two clients share;
 //! - [`inject`]: the sidecar injector on the API server: the chart's objects and a control plane serving it;
+//! - [`own_cluster`]: a cluster of a test's own, with the kube-controller-manager controllers it
+//!   needs (the shared one has none);
+//! - [`kubelet`]: a kubelet and scheduler for such a cluster, running its pods with the real
+//!   binaries in network namespaces of their own;
 //! - [`faketime`]: a process started with its wall clock stepped (libfaketime);
 //! - [`fixture`]: cells, config file, token file and data plane started together;
 //! - [`net`]: this machine's non-loopback address, for tests of what is served beyond loopback;
@@ -33,7 +37,8 @@
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
 //! `KUBECONFIG`, which `scripts/test` starts on loopback), except the tests of what is served
 //! beyond loopback: they also use this machine's own non-loopback address ([`net`]) or a
-//! network namespace the test itself created ([`fault::NetNs`]).
+//! network namespace the test itself created ([`fault::NetNs`], and the pod network of
+//! [`kubelet`], on a test's own cluster).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -53,7 +58,9 @@ pub mod grpc;
 pub mod inject;
 pub mod journey;
 pub mod k8s;
+pub mod kubelet;
 pub mod net;
+pub mod own_cluster;
 pub mod peer;
 pub mod process;
 pub mod proxy;

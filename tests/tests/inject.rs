@@ -8,7 +8,8 @@
 //!   container is the one the chart's named templates render;
 //! - unannotated pods, opted-out pods, disabled and unselected namespaces are untouched;
 //! - bad annotations refuse the pod, naming the annotation; Events and metrics show each case;
-//! - with the injector down, `Ignore` admits pods unmutated and `Fail` refuses them;
+//! - with the injector down, `Ignore` admits pods unmutated (the README's kubectl command finds
+//!   them) and `Fail` refuses them;
 //! - native sidecars go first in `initContainers`;
 //! - the serving certificate is renewed while serving, and replicas share it.
 //!
@@ -19,6 +20,7 @@ use std::time::Duration;
 use cellroute_tests::chart::{container, object};
 use cellroute_tests::inject::{InjectScene, SceneOptions, annotation, app_pod, container_names, review};
 use cellroute_tests::k8s::{K8S_SOON, describe_events};
+use cellroute_tests::process::field;
 use cellroute_tests::push_k8s::KubeControlPlane;
 use cellroute_tests::wait::eventually;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -28,6 +30,9 @@ use kube::api::ListParams;
 use serde_json::{Value, json};
 
 const SIDECAR: &str = "cellroute-data-plane";
+
+/// The columns of the README's command that finds pods admitted without the sidecar.
+const FIND_UNINJECTED: &str = r"NAMESPACE:.metadata.namespace,NAME:.metadata.name,INJECT:.metadata.annotations.cellroute\.dev/inject,INJECTED:.metadata.annotations.cellroute\.dev/injected";
 
 /// The injected sidecar as stored, as JSON.
 fn stored_sidecar(pod: &Pod) -> Value {
@@ -356,6 +361,34 @@ async fn with_the_injector_down_ignore_admits_pods_unmutated_and_fail_refuses_th
         .expect("created while the injector is down");
     assert_eq!(container_names(&pod).0, ["app"]);
     assert_eq!(annotation(&pod, "cellroute.dev/injected"), None);
+    // The README's way to find it: INJECT true, INJECTED <none> (the injected one shows the
+    // version).
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let command = format!("kubectl get pods -A -o custom-columns='{FIND_UNINJECTED}'");
+    assert!(readme.contains(&command), "README.md no longer shows {command}");
+    let table = scene
+        .cluster
+        .kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-A",
+                "-o",
+                &format!("custom-columns={FIND_UNINJECTED}"),
+            ],
+            None,
+        )
+        .await;
+    let row = |name: &str| -> Vec<String> {
+        table
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&ns) && cols.get(1).map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {ns}/{name} in:\n{table}"))
+    };
+    assert_eq!(row("down-ignored")[2..], ["true", "<none>"], "{table}");
+    assert_eq!(row("up")[2..], ["true", env!("CARGO_PKG_VERSION")], "{table}");
 
     // failurePolicy Fail: refused while the injector is down.
     let docs = scene.render(&[
@@ -556,6 +589,67 @@ async fn the_serving_certificate_is_renewed_while_serving_and_shared_by_replicas
         "the first certificate and at least one renewal: {made}"
     );
     drop(second);
+    scene.cleanup().await;
+}
+
+/// With the injector on, a replica is ready only once it serves a certificate whose CA the API
+/// server trusts: the webhook Service must not send the API server's calls to a replica that
+/// would fail their handshake (with `failurePolicy: Ignore`, those pods would be admitted without
+/// the sidecar). Here its webhook configuration is missing, so the CA cannot be published: the
+/// replica stays unready, saying why, until the configuration is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_is_ready_only_once_the_api_server_trusts_its_injector() {
+    let scene = InjectScene::start("inject-ready", SceneOptions::default()).await;
+    let docs = scene.render(&["--show-only", "templates/injection.yaml"]);
+    let webhook = object(&docs, "MutatingWebhookConfiguration", None).clone();
+    scene
+        .cluster
+        .kubectl_ok(
+            &[
+                "delete",
+                &format!("mutatingwebhookconfiguration/{}", scene.webhook_name()),
+            ],
+            None,
+        )
+        .await;
+
+    let flags = scene_flags(&scene);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let second = cellroute_tests::control_plane::ControlPlane::start_with(
+        &cellroute_tests::control_plane::Options {
+            identity: "cp-inject-unready".to_owned(),
+            ..scene_options(&scene)
+        },
+        &flags,
+    )
+    .await;
+    second
+        .wait_for_log("the certificate set-up to fail", K8S_SOON, |r| {
+            field(r, "message") == Some("cannot set up the injector's certificate; retrying")
+        })
+        .await;
+    // Its RoutingConfigs are loaded; only the injector holds it back.
+    eventually("/readyz to wait for the injector alone", K8S_SOON, || async {
+        let reply = second.get("/readyz").await;
+        assert_ne!(
+            reply.status, 200,
+            "ready while the API server cannot trust its injector"
+        );
+        if reply.json["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("injector"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{reply:?}"))
+        }
+    })
+    .await;
+    assert_eq!(second.get("/healthz").await.status, 200, "alive all the same");
+
+    scene.cluster.apply_yaml(&webhook.to_string()).await;
+    second.wait_ready(K8S_SOON).await;
+    scene.wait_ca_bundle().await;
     scene.cleanup().await;
 }
 

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cellroute_tests::chart::{container, documents, kinds, object, template};
 use cellroute_tests::control_plane::{ControlPlane, Options};
 use cellroute_tests::k8s::{
     CHART_LEASE_NAME, Cluster, K8S_SOON, RBAC_TEMPLATES, RoutingConfigs, TEST_FIELD_MANAGER, client_for,
@@ -14,10 +15,11 @@ use cellroute_tests::k8s::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use routing_model::crd::RoutingConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// `kubectl auth can-i` questions about the control plane's ServiceAccount: (verb, resource,
 /// extra flags, expected answer). `NS` stands for the release namespace.
@@ -95,6 +97,40 @@ fn kinds_of(rendered: &str) -> Vec<&str> {
     kinds
 }
 
+/// Asks the API server's authorizer each question of `table` about `user` (`kubectl auth can-i
+/// --as`), with the placeholders of `names` (`("NS", "rbac-1234")`) in the flags replaced, and
+/// returns the answers that differ from the expected ones.
+async fn wrong_permissions(
+    cluster: &Cluster,
+    user: &str,
+    table: &[(&str, &str, &[&str], bool)],
+    names: &[(&str, &str)],
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (verb, resource, flags, expected) in table {
+        let mut args = vec!["auth", "can-i", *verb, *resource, "--as", user];
+        args.extend(flags.iter().map(|f| {
+            names
+                .iter()
+                .find(|(placeholder, _)| placeholder == f)
+                .map_or(*f, |(_, name)| *name)
+        }));
+        let out = cluster.kubectl(&args, None).await;
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            answer == "yes" || answer == "no",
+            "kubectl {args:?}: {answer:?} {out:?}"
+        );
+        if (answer == "yes") != *expected {
+            wrong.push(format!(
+                "can-i {verb} {resource} {flags:?}: {answer}, expected {}",
+                if *expected { "yes" } else { "no" }
+            ));
+        }
+    }
+    wrong
+}
+
 /// A one-hour token for `service_account` from the TokenRequest API, in a kubeconfig in `dir`.
 async fn token_kubeconfig(cluster: &Cluster, service_account: &str, namespace: &str, dir: &Path) -> PathBuf {
     let args = [
@@ -142,27 +178,7 @@ async fn control_plane_works_with_exactly_the_charts_rbac_and_no_more() {
 
     // What the ServiceAccount may do, asked of the API server's authorizer.
     let user = format!("system:serviceaccount:{namespace}:{service_account}");
-    let mut wrong = Vec::new();
-    for (verb, resource, flags, expected) in PERMISSIONS {
-        let mut args = vec!["auth", "can-i", *verb, *resource, "--as", user.as_str()];
-        args.extend(
-            flags
-                .iter()
-                .map(|f| if *f == "NS" { namespace.as_str() } else { f }),
-        );
-        let out = cluster.kubectl(&args, None).await;
-        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        assert!(
-            answer == "yes" || answer == "no",
-            "kubectl {args:?}: {answer:?} {out:?}"
-        );
-        if (answer == "yes") != *expected {
-            wrong.push(format!(
-                "can-i {verb} {resource} {flags:?}: {answer}, expected {}",
-                if *expected { "yes" } else { "no" }
-            ));
-        }
-    }
+    let wrong = wrong_permissions(&cluster, &user, PERMISSIONS, &[("NS", &namespace)]).await;
     assert!(
         wrong.is_empty(),
         "the chart's RBAC grants the wrong things:\n{}",
@@ -322,4 +338,299 @@ async fn without_the_cluster_role_the_control_plane_stays_unready() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(cp.get("/healthz").await.status, 200, "alive all the same");
+}
+
+/// `kubectl auth can-i` questions about the control plane's ServiceAccount when the chart is
+/// installed with `controlPlane.watchNamespace`: `NS` is the release namespace (Lease, status
+/// key), `W` the watched namespace, `OTHER` any other namespace.
+const WATCHED_PERMISSIONS: &[(&str, &str, &[&str], bool)] = &[
+    // What it needs: RoutingConfigs, their status and Events in the watched namespace ...
+    ("get", "routingconfigs.cellroute.dev", &["-n", "W"], true),
+    ("list", "routingconfigs.cellroute.dev", &["-n", "W"], true),
+    ("watch", "routingconfigs.cellroute.dev", &["-n", "W"], true),
+    (
+        "patch",
+        "routingconfigs.cellroute.dev",
+        &["--subresource=status", "-n", "W"],
+        true,
+    ),
+    ("create", "events.events.k8s.io", &["-n", "W"], true),
+    ("patch", "events.events.k8s.io", &["-n", "W"], true),
+    // ... TokenReviews, and its Leases and status key in its own namespace, as cluster-wide.
+    ("create", "tokenreviews.authentication.k8s.io", &[], true),
+    ("get", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("create", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("patch", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("list", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("delete", "leases.coordination.k8s.io", &["-n", "NS"], true),
+    ("create", "secrets", &["-n", "NS"], true),
+    (
+        "get",
+        "secrets/cellroute-control-plane-status-key",
+        &["-n", "NS"],
+        true,
+    ),
+    // Nothing about RoutingConfigs or Events beyond the watched namespace.
+    (
+        "list",
+        "routingconfigs.cellroute.dev",
+        &["--all-namespaces"],
+        false,
+    ),
+    ("list", "routingconfigs.cellroute.dev", &["-n", "NS"], false),
+    ("get", "routingconfigs.cellroute.dev", &["-n", "OTHER"], false),
+    ("list", "routingconfigs.cellroute.dev", &["-n", "OTHER"], false),
+    ("watch", "routingconfigs.cellroute.dev", &["-n", "OTHER"], false),
+    (
+        "patch",
+        "routingconfigs.cellroute.dev",
+        &["--subresource=status", "-n", "OTHER"],
+        false,
+    ),
+    (
+        "patch",
+        "routingconfigs.cellroute.dev",
+        &["--subresource=status", "-n", "NS"],
+        false,
+    ),
+    ("create", "events.events.k8s.io", &["-n", "OTHER"], false),
+    ("create", "events.events.k8s.io", &["-n", "NS"], false),
+    ("create", "events.events.k8s.io", &["--all-namespaces"], false),
+    // And no more in the watched namespace than the cluster-wide install grants anywhere.
+    ("create", "routingconfigs.cellroute.dev", &["-n", "W"], false),
+    ("patch", "routingconfigs.cellroute.dev", &["-n", "W"], false),
+    ("delete", "routingconfigs.cellroute.dev", &["-n", "W"], false),
+    (
+        "update",
+        "routingconfigs.cellroute.dev",
+        &["--subresource=status", "-n", "W"],
+        false,
+    ),
+    ("delete", "events.events.k8s.io", &["-n", "W"], false),
+    ("get", "secrets", &["-n", "W"], false),
+    ("get", "leases.coordination.k8s.io", &["-n", "W"], false),
+    ("*", "*", &["--all-namespaces"], false),
+];
+
+/// With `controlPlane.watchNamespace`, the chart moves the RoutingConfig and Event rules from its
+/// ClusterRole to a Role in the watched namespace. The control plane, run as the chart's
+/// Deployment runs it (`--namespace` the watched one, its Lease in the release namespace), does
+/// its whole job there under exactly that RBAC: it leads, reconciles, patches status and records
+/// Events; its token is refused everywhere else, and a control plane pointed at another
+/// namespace with it never gets ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_watched_namespace_the_control_plane_works_under_a_role_there_and_nowhere_else() {
+    let cluster = Cluster::from_env();
+    let admin = cluster.client().await;
+    cluster.install_crd(&admin).await;
+    let namespace = cluster.namespace(&admin, "rbac-release").await;
+    let watched = cluster.namespace(&admin, "rbac-watched").await;
+    let other = cluster.namespace(&admin, "rbac-other").await;
+    let release = format!("rbac-{}", unique_suffix());
+    let service_account = format!("{release}-control-plane");
+    let watch_value = format!("controlPlane.watchNamespace={watched}");
+
+    let mut args = vec!["--set", watch_value.as_str()];
+    for t in RBAC_TEMPLATES.iter().chain(["templates/deployment.yaml"].iter()) {
+        args.extend(["--show-only", *t]);
+    }
+    let docs = documents(&template(&release, &namespace, &args));
+    let (deployment, rbac): (Vec<Value>, Vec<Value>) =
+        docs.into_iter().partition(|d| d["kind"] == "Deployment");
+    assert_eq!(
+        kinds(&rbac),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "ServiceAccount"
+        ]
+    );
+    let cluster_role = object(&rbac, "ClusterRole", None);
+    for rule in cluster_role["rules"].as_array().expect("rules") {
+        let resources = rule["resources"].to_string();
+        assert!(
+            !resources.contains("routingconfigs") && !resources.contains("events"),
+            "the ClusterRole still grants {rule} cluster-wide"
+        );
+    }
+    let role = object(&rbac, "Role", Some(&service_account));
+    assert_eq!(role["metadata"]["namespace"], watched.as_str(), "{role}");
+    // The chart's control plane watches that namespace only.
+    let cp_args = container(
+        &object(&deployment, "Deployment", None)["spec"]["template"]["spec"],
+        "control-plane",
+    )["args"]
+        .clone();
+    assert!(
+        cp_args
+            .as_array()
+            .expect("args")
+            .contains(&Value::from(format!("--namespace={watched}"))),
+        "{cp_args}"
+    );
+    let rendered: Vec<&Value> = rbac.iter().collect();
+    cluster
+        .apply_yaml(&json!({"apiVersion": "v1", "kind": "List", "items": rendered}).to_string())
+        .await;
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = token_kubeconfig(&cluster, &service_account, &namespace, dir.path()).await;
+    let user = format!("system:serviceaccount:{namespace}:{service_account}");
+    let names = [
+        ("NS", namespace.as_str()),
+        ("W", watched.as_str()),
+        ("OTHER", other.as_str()),
+    ];
+    let wrong = wrong_permissions(&cluster, &user, WATCHED_PERMISSIONS, &names).await;
+    assert!(
+        wrong.is_empty(),
+        "the chart's RBAC for controlPlane.watchNamespace grants the wrong things:\n{}",
+        wrong.join("\n")
+    );
+
+    // The control plane as the chart runs it, with that token.
+    let options = Options {
+        kubeconfig: kubeconfig.clone().into_os_string(),
+        lease_namespace: Some(namespace.clone()),
+        lease_name: CHART_LEASE_NAME.to_owned(),
+        ..Options::new(&cluster, &watched, "cp-watched")
+    };
+    let cp = ControlPlane::start_ready(&options).await;
+    cp.wait_leader(K8S_SOON).await;
+    let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
+        .get(CHART_LEASE_NAME)
+        .await
+        .expect("the control plane created its Lease in the release namespace");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("cp-watched")
+    );
+
+    let rtc = RoutingConfigs::new(&admin, &watched);
+    let good = spec(
+        "a",
+        &[("acme", "b")],
+        &[("a", "http://127.0.0.1:9/a"), ("b", "http://127.0.0.1:9/b")],
+    );
+    let uid = rtc.apply("routes", &good).await.uid().expect("uid");
+    let obj = rtc.wait_for_accepted("routes", 1, "True").await;
+    assert_eq!(
+        obj.status
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+            .map(|s| s.version),
+        Some(1)
+    );
+    rtc.wait_for_event(&uid, "Accepted", &condition_of(&obj, "Accepted").message)
+        .await;
+    cp.wait_served(&rtc.key("routes"), &uid, 1).await;
+    let bad = spec("z", &[], &[("a", "http://127.0.0.1:9/a")]);
+    rtc.apply("routes", &bad).await;
+    let obj = rtc.wait_for_accepted("routes", 2, "False").await;
+    rtc.wait_for_event(&uid, "Rejected", &condition_of(&obj, "Accepted").message)
+        .await;
+    assert_eq!(cp.reconciles("error").await, 0.0);
+    assert!(
+        cp.warnings().is_empty(),
+        "the control plane warned: {:?}",
+        cp.warnings()
+    );
+
+    // Elsewhere the token is refused: RoutingConfigs of another namespace (or of all), their
+    // status, and Events there.
+    let elsewhere = RoutingConfigs::new(&admin, &other);
+    elsewhere.apply("routes", &good).await;
+    let sa = client_for(&[kubeconfig]).await;
+    let forbidden = |what: String, result: Result<(), kube::Error>| match result {
+        Err(e) if status_code(&e) == Some(403) => {}
+        other => panic!("the ServiceAccount could {what}: {other:?}"),
+    };
+    for ns in [other.as_str(), namespace.as_str()] {
+        let api: Api<RoutingConfig> = Api::namespaced(sa.clone(), ns);
+        forbidden(
+            format!("list RoutingConfigs in {ns}"),
+            api.list(&ListParams::default()).await.map(drop),
+        );
+    }
+    forbidden(
+        "list RoutingConfigs of all namespaces".to_owned(),
+        Api::<RoutingConfig>::all(sa.clone())
+            .list(&ListParams::default())
+            .await
+            .map(drop),
+    );
+    forbidden(
+        format!("patch the status of {other}/routes"),
+        Api::<RoutingConfig>::namespaced(sa.clone(), &other)
+            .patch_status(
+                "routes",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"observedGeneration": 1}})),
+            )
+            .await
+            .map(drop),
+    );
+    let event: Event = serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"generateName": "intruder-"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "cellroute-control-plane",
+        "reportingInstance": "cp-watched",
+        "action": "Reconcile",
+        "reason": "Accepted",
+        "type": "Normal",
+        "regarding": {"apiVersion": "cellroute.dev/v1alpha1", "kind": "RoutingConfig", "namespace": other, "name": "routes"},
+    }))
+    .expect("an Event");
+    forbidden(
+        format!("create an Event in {other}"),
+        Api::<Event>::namespaced(sa.clone(), &other)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(drop),
+    );
+    assert!(
+        elsewhere.get("routes").await.status.is_none(),
+        "something wrote the status of {other}/routes"
+    );
+
+    // A control plane pointed at another namespace with this token is refused its list, and so
+    // never reports ready.
+    let stray = ControlPlane::start(&Options {
+        namespace: other.clone(),
+        identity: "cp-stray".to_owned(),
+        ..options.clone()
+    })
+    .await;
+    stray
+        .wait_for_log("a log record of the refused list", K8S_SOON, |r| {
+            r.to_string().contains("forbidden")
+        })
+        .await;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let ready = stray.get("/readyz").await;
+        assert_eq!(
+            ready.status, 503,
+            "ready without being allowed to list RoutingConfigs in {other}: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster
+        .kubectl_ok(
+            &[
+                "delete",
+                &format!("clusterrole/{service_account}"),
+                &format!("clusterrolebinding/{service_account}"),
+                "--ignore-not-found",
+            ],
+            None,
+        )
+        .await;
 }

@@ -509,12 +509,15 @@ async fn apply(
 }
 
 /// Keeps `resolver` serving a valid certificate from `source`, checking every `every` (and
-/// every few seconds while a check fails), until `stop`.
+/// every few seconds while a check fails), until `stop`. `ready` opens after the first check
+/// that served a certificate and published its CA, and stays open (a later failure leaves the
+/// served certificate in place).
 pub async fn keep(
     source: Source,
     resolver: Arc<Resolver>,
     every: Duration,
     metrics: Arc<Metrics>,
+    ready: crate::source::Readiness,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut served: Option<(String, String)> = None;
@@ -527,6 +530,7 @@ pub async fn keep(
         let wait = match result {
             Ok(()) => {
                 failures = 0;
+                ready.set();
                 every
             }
             Err(e) => {

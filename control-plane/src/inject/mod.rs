@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::source::Readiness;
 use crate::tls::ServeListener;
 use config::{NativeSidecar, SidecarConfig};
 use decide::Injector;
@@ -105,12 +106,14 @@ async fn native_sidecars(native: NativeSidecar, client: &kube::Client) -> bool {
 }
 
 /// Starts the injector: reads its configuration, binds its listener and starts serving (with
-/// no certificate until the first one is set up: handshakes fail until then). Errors here stop
-/// the control plane, as a bad `--listen` does; certificate problems do not (they are retried).
+/// no certificate until the first one is set up: handshakes fail until then, and `ready` opens
+/// once one is served and its CA published). Errors here stop the control plane, as a bad
+/// `--listen` does; certificate problems do not (they are retried).
 pub async fn start(
     settings: Settings,
     client: kube::Client,
     metrics: Arc<Metrics>,
+    ready: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
     let config = SidecarConfig::load(&settings.config)?;
@@ -151,6 +154,7 @@ pub async fn start(
         resolver,
         settings.check,
         metrics.clone(),
+        ready,
         shutdown.clone(),
     ));
 
