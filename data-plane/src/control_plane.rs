@@ -11,8 +11,9 @@
 //! on a blocking thread (the next frame is read once it is done), and one apply at a time in the
 //! applier. Snapshots still apply in the order they arrived, and the newest wins: while one is
 //! applying, at most one more waits; a newer one replaces it, and the replaced one is answered
-//! with a NACK saying it was superseded, so every pushed snapshot gets its answer. NACK texts
-//! are cut to [`MAX_NACK_ERROR_BYTES`].
+//! with a NACK saying it was superseded, so every pushed snapshot gets its answer. Answers leave
+//! in the order their messages arrived; [`answers`] decides when each is sent. NACK texts are
+//! cut to [`MAX_NACK_ERROR_BYTES`].
 //!
 //! When an operator pins the local file (break-glass), the control plane's version is no longer
 //! what this data plane serves; the session then starts over, so its hello tells the control
@@ -22,6 +23,8 @@
 //! uniform random fraction of the exponential step, so a fleet that lost its control plane at
 //! the same instant does not come back at the same instant. The proxy keeps serving the active
 //! table throughout; losing the control plane never changes routing.
+
+pub mod answers;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -45,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::applier::{Applied, ApplierHandle, ApplyError};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Source, unix_seconds};
+use answers::{Answers, Arrival};
 
 /// How to reach and talk to the control plane.
 #[derive(Debug, Clone)]
@@ -264,12 +268,9 @@ async fn session(
     // Snapshots applied outside a push reply (an operator releasing break-glass re-applies the
     // newest pushed one) are ACKed too, so the control plane's view does not go stale.
     let mut applied = state.applied_snapshots();
-    let mut acked = applied.borrow_and_update().clone();
+    let mut answers = Answers::new(applied.borrow_and_update().clone());
     let mut decoding: Option<tokio::task::JoinHandle<Result<ServerMessage, SessionError>>> = None;
     let mut applying: Option<Applying> = None;
-    let mut pending: Option<SnapshotMessage> = None;
-    // NACKs of snapshots a newer one replaced while another applied, sent after its answer.
-    let mut superseded_answers: Vec<ClientMessage> = Vec::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -283,21 +284,18 @@ async fn session(
                 let next = applied.borrow_and_update().clone();
                 match next {
                     // Withdrawn: the hello of a new session tells the control plane the truth.
-                    None if acked.is_some() => {
+                    None if answers.acked().is_some() => {
                         let _ = sink.send(Message::Close(None)).await;
                         return Err(SessionError::Withdrawn);
                     }
-                    // The applying push answers for itself.
-                    Some(snapshot)
-                        if acked.as_ref() != Some(&snapshot)
-                            && applying.as_ref().is_none_or(|a| a.snapshot != snapshot) =>
-                    {
-                        acked = Some(snapshot.clone());
-                        metrics.snapshot_acks.inc();
-                        state.update_sync(|s| s.last_nack = None);
-                        sink.send(text(&ClientMessage::Ack { snapshot })).await?;
+                    Some(snapshot) => {
+                        if let Some(ack) = answers.reapplied(snapshot) {
+                            metrics.snapshot_acks.inc();
+                            state.update_sync(|s| s.last_nack = None);
+                            sink.send(text(&ack)).await?;
+                        }
                     }
-                    _ => {}
+                    None => {}
                 }
             }
             _ = ping.tick() => {
@@ -335,17 +333,24 @@ async fn session(
                     ServerMessage::Snapshot(snapshot) => {
                         metrics.snapshots_received.inc();
                         set_orphaned(state, metrics, false);
-                        if applying.is_none() {
-                            applying = Some(Applying::start(snapshot, applier));
-                        } else if let Some(older) = pending.replace(snapshot) {
-                            // Answered after the apply in progress, so answers keep the order
-                            // the snapshots arrived in (an answer retires every older one).
-                            let newer = pending.as_ref().map_or(0, |p| p.snapshot.version);
-                            superseded_answers.push(superseded(older.snapshot, newer, metrics));
+                        match answers.snapshot(snapshot) {
+                            Arrival::Apply(snapshot) => applying = Some(Applying::start(snapshot, applier)),
+                            Arrival::Waits => {}
+                            Arrival::Replaced { older, newer } => {
+                                metrics.snapshots_superseded.inc();
+                                tracing::info!(
+                                    version = older.version,
+                                    newer,
+                                    "skipped a control-plane snapshot a newer one replaced"
+                                );
+                            }
                         }
                     }
                     message => {
-                        if let Some(reply) = handle(message, state, metrics)? {
+                        // A too-large notice's NACK, sent once everything before it is answered.
+                        if let Some(reply) = handle(message, state, metrics)?
+                            && let Some(reply) = answers.refuse(reply)
+                        {
                             sink.send(text(&reply)).await?;
                         }
                     }
@@ -354,15 +359,11 @@ async fn session(
             result = join(applying.as_mut().map(|a| &mut a.task)) => {
                 let snapshot = applying.take().map(|a| a.snapshot).expect("an apply was running");
                 let result = result.unwrap_or_else(|e| Err(ApplyError::Panicked(e.to_string())));
-                let reply = answer(snapshot, result, state, metrics);
-                if let ClientMessage::Ack { snapshot } = &reply {
-                    acked = Some(snapshot.clone());
+                let (due, next) = answers.finished(answer(snapshot, result, state, metrics));
+                for reply in &due {
+                    sink.send(text(reply)).await?;
                 }
-                sink.send(text(&reply)).await?;
-                for nack in superseded_answers.drain(..) {
-                    sink.send(text(&nack)).await?;
-                }
-                if let Some(next) = pending.take() {
+                if let Some(next) = next {
                     applying = Some(Applying::start(next, applier));
                 }
             }
@@ -512,22 +513,6 @@ fn nack(snapshot: SnapshotRef, error: &str, state: &SharedState, metrics: &Metri
     let error = bounded(error);
     tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
     state.update_sync(|s| s.last_nack = Some(format!("version {}: {error}", snapshot.version)));
-    ClientMessage::Nack { snapshot, error }
-}
-
-/// The NACK of a snapshot a newer one replaced before it could be applied. Not a refusal of its
-/// content: counted apart, and not shown as the last NACK.
-fn superseded(snapshot: SnapshotRef, newer: i64, metrics: &Metrics) -> ClientMessage {
-    metrics.snapshots_superseded.inc();
-    let error = format!(
-        "superseded: version {newer} arrived while version {} was waiting to be applied; not applied",
-        snapshot.version
-    );
-    tracing::info!(
-        version = snapshot.version,
-        newer,
-        "skipped a control-plane snapshot a newer one replaced"
-    );
     ClientMessage::Nack { snapshot, error }
 }
 

@@ -67,7 +67,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     };
 
     let cache = match (&args.cache_dir, &args.routing_config) {
-        (Some(dir), Some(object)) => Some(SnapshotCache::open(dir, object)?),
+        (Some(dir), Some(object)) => {
+            Some(SnapshotCache::open(dir, object)?.with_max_message_bytes(args.max_message_bytes))
+        }
         _ => None,
     };
     let applier = Applier::spawn(ApplierSettings {
@@ -252,7 +254,7 @@ async fn load_cache(cache: &SnapshotCache, applier: &ApplierHandle, metrics: &Me
         tokio::task::spawn_blocking(move || cache.load()).await
     };
     let snapshot = match loaded {
-        Ok(Ok(Some(snapshot))) => snapshot,
+        Ok(Ok(Some(cached))) => cached.message,
         Ok(Ok(None)) => return false,
         Ok(Err(e)) => {
             metrics.cache_load_failures.inc();

@@ -5,7 +5,8 @@
 //! the parser. [`Spec`] builds documents from pieces chosen to sit on the boundaries that matter
 //! (multi-byte characters, backslashes, punycode, ports, credentials, header separators), so
 //! validation and the routing table see inputs that are almost valid. [`check_accepted`] holds
-//! every promise an accepted config makes to the rest of cellroute.
+//! every promise an accepted config makes to the rest of cellroute. [`Snapshot`] wraps a
+//! [`Spec`] in a snapshot message whose identity is mostly right, for the cache file.
 
 #![forbid(unsafe_code)]
 
@@ -13,7 +14,8 @@ use std::collections::BTreeMap;
 
 use arbitrary::{Arbitrary, Result, Unstructured};
 use routing_model::endpoint::Endpoint;
-use routing_model::{ParseLimits, RoutingTable, ValidatedConfig};
+use routing_model::protocol::{SnapshotMessage, SnapshotRef};
+use routing_model::{ContentHash, ParseLimits, RoutingConfigSpec, RoutingTable, ValidatedConfig};
 
 /// Pieces that tend to break parsers and validators.
 const PIECES: &[&str] = &[
@@ -141,4 +143,60 @@ pub fn customer_map(config: &ValidatedConfig) -> BTreeMap<Vec<u8>, String> {
         .iter()
         .map(|(c, p)| (c.as_bytes().to_vec(), p.clone()))
         .collect()
+}
+
+/// A snapshot message around a [`Spec`], as the control plane would push it (and the data plane
+/// cache it): mostly with the spec's own hash and the object it names, sometimes with a hash or
+/// name that does not fit. `servable` says whether the data plane would apply it (shared
+/// validation, and the hash it claims).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The message.
+    pub message: SnapshotMessage,
+    /// Whether its spec validates and hashes to `message.snapshot.hash`.
+    pub servable: bool,
+}
+
+impl<'a> Arbitrary<'a> for Snapshot {
+    fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+        let doc = Spec::arbitrary(u)?.0;
+        // A spec with a key the manifest does not know cannot be a `RoutingConfigSpec`: use the
+        // smallest valid one instead.
+        let spec: RoutingConfigSpec = serde_json::from_value(doc["spec"].clone()).unwrap_or_else(|_| {
+            serde_json::from_value(serde_json::json!({
+                "defaultPlacement": "a",
+                "placementToEndpoint": {"a": "http://127.0.0.1:9001"},
+            }))
+            .expect("the fallback spec deserializes")
+        });
+        let routing_config = if u.ratio(7, 8)? {
+            "default/routes".to_owned()
+        } else {
+            tricky(u)?
+        };
+        let lineage = if u.ratio(1, 2)? {
+            "uid-1".to_owned()
+        } else {
+            tricky(u)?
+        };
+        let hash = if u.ratio(7, 8)? {
+            ContentHash::of_spec(&spec)
+        } else {
+            let bytes: [u8; 32] = u.arbitrary()?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex}").parse().expect("64 hex digits are a hash")
+        };
+        let message = SnapshotMessage {
+            routing_config,
+            snapshot: SnapshotRef {
+                lineage,
+                version: u.arbitrary()?,
+                hash,
+            },
+            spec,
+        };
+        let servable = routing_model::validate::validate(message.to_manifest())
+            .is_ok_and(|config| config.hash() == message.snapshot.hash);
+        Ok(Self { message, servable })
+    }
 }

@@ -16,7 +16,9 @@ use std::collections::VecDeque;
 
 use crate::protocol::SnapshotRef;
 
-/// Entries kept; latest-wins delivery means only the newest few can still be answered.
+/// Entries kept. A session sends a snapshot only while [`Ledger::may_send`] says so (newer
+/// versions wait, latest wins), so no entry that can still be answered is ever dropped: a data
+/// plane answers every snapshot, in order, however many arrive while it applies one.
 pub const LEDGER_ENTRIES: usize = 16;
 
 /// How an entry got into the ledger.
@@ -79,7 +81,28 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Whether one more snapshot may be sent. Only the newest answered entry and the
+    /// unanswered ones after it are kept (an answer retires every older entry), so a full ledger
+    /// means [`LEDGER_ENTRIES`] - 1 snapshots or more still await their answer: the session
+    /// holds the newest version back until the data plane answers one, rather than forget one
+    /// it may still answer (which would turn an honest answer into a [`Violation`]).
+    pub fn may_send(&self) -> bool {
+        self.entries.len() < LEDGER_ENTRIES
+    }
+
+    /// Entries kept: at most [`LEDGER_ENTRIES`], whatever the peer sends.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True before anything was sent or announced.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Records that `snapshot` reached the data plane (sent, too-large notice, or announced).
+    /// Check [`Ledger::may_send`] first: when full, the oldest entry is forgotten to stay
+    /// bounded.
     pub fn record(&mut self, snapshot: SnapshotRef, origin: Origin) {
         if self.entries.len() == LEDGER_ENTRIES {
             self.entries.pop_front();
@@ -91,35 +114,43 @@ impl Ledger {
         });
     }
 
-    fn find(&self, snapshot: &SnapshotRef) -> Option<usize> {
-        self.entries.iter().rposition(|e| &e.snapshot == snapshot)
+    /// The oldest entry of `snapshot` that `can_take` an answer. The same snapshot is sent
+    /// twice when its object went missing and came back; a data plane answers both, in order,
+    /// so the first answer is the first entry's.
+    fn find(&self, snapshot: &SnapshotRef, can_take: impl Fn(&Entry) -> bool) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| &e.snapshot == snapshot && can_take(e))
+    }
+
+    fn answered(&mut self, at: usize, answer: Answer) {
+        self.entries[at].answer = Some(answer);
+        self.entries.drain(..at);
     }
 
     /// Checks an ACK of `snapshot`, and remembers it.
     pub fn ack(&mut self, snapshot: &SnapshotRef) -> Result<(), Violation> {
-        let at = self.find(snapshot).ok_or(Violation::AckNotSent)?;
-        let entry = &mut self.entries[at];
-        if entry.answer == Some(Answer::Ack) {
-            return Err(Violation::AckReplayed);
+        match self.find(snapshot, |e| e.answer != Some(Answer::Ack)) {
+            Some(at) => {
+                self.answered(at, Answer::Ack);
+                Ok(())
+            }
+            None if self.find(snapshot, |_| true).is_some() => Err(Violation::AckReplayed),
+            None => Err(Violation::AckNotSent),
         }
-        entry.answer = Some(Answer::Ack);
-        self.entries.drain(..at);
-        Ok(())
     }
 
     /// Checks a NACK of `snapshot`, and remembers it.
     pub fn nack(&mut self, snapshot: &SnapshotRef) -> Result<(), Violation> {
-        let at = self.find(snapshot).ok_or(Violation::NackNotSent)?;
-        let entry = &mut self.entries[at];
-        if entry.origin == Origin::Announced {
-            return Err(Violation::NackNotSent);
+        let nackable = |e: &Entry| e.origin != Origin::Announced;
+        match self.find(snapshot, |e| nackable(e) && e.answer.is_none()) {
+            Some(at) => {
+                self.answered(at, Answer::Nack);
+                Ok(())
+            }
+            None if self.find(snapshot, nackable).is_some() => Err(Violation::NackReplayed),
+            None => Err(Violation::NackNotSent),
         }
-        if entry.answer.is_some() {
-            return Err(Violation::NackReplayed);
-        }
-        entry.answer = Some(Answer::Nack);
-        self.entries.drain(..at);
-        Ok(())
     }
 }
 
@@ -203,6 +234,50 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.record(r(5), Origin::TooLarge);
         assert_eq!(ledger.nack(&r(5)), Ok(()));
+    }
+
+    /// A data plane applying a large table answers nothing for a while, then every snapshot that
+    /// arrived meanwhile, in order (superseded ones NACKed): the session must not have sent more
+    /// than it can check, or the first answers would be counted as violations.
+    #[test]
+    fn a_session_that_sends_only_while_it_may_never_forgets_an_unanswered_snapshot() {
+        let mut ledger = Ledger::default();
+        let mut sent = Vec::new();
+        for v in 1..=40 {
+            if ledger.may_send() {
+                ledger.record(r(v), Origin::Sent);
+                sent.push(v);
+            }
+        }
+        assert_eq!(sent, (1..=LEDGER_ENTRIES as i64).collect::<Vec<_>>());
+        assert_eq!(ledger.ack(&r(1)), Ok(()));
+        assert!(
+            !ledger.may_send(),
+            "the answered entry is kept until a newer one is answered"
+        );
+        assert_eq!(ledger.nack(&r(2)), Ok(()));
+        assert!(ledger.may_send());
+        for v in 3..=LEDGER_ENTRIES as i64 {
+            assert_eq!(ledger.nack(&r(v)), Ok(()), "version {v}");
+        }
+        assert_eq!(ledger.len(), 1);
+    }
+
+    /// A snapshot sent again (its object went missing and came back) while the data plane still
+    /// applies the first copy gets two honest answers, one per copy.
+    #[test]
+    fn a_snapshot_sent_twice_is_answered_twice() {
+        let mut ledger = Ledger::default();
+        ledger.record(r(5), Origin::Sent);
+        ledger.record(r(5), Origin::Sent);
+        assert_eq!(ledger.ack(&r(5)), Ok(()));
+        assert_eq!(ledger.ack(&r(5)), Ok(()));
+        assert_eq!(ledger.ack(&r(5)), Err(Violation::AckReplayed));
+        ledger.record(r(6), Origin::Sent);
+        ledger.record(r(6), Origin::Sent);
+        assert_eq!(ledger.nack(&r(6)), Ok(()));
+        assert_eq!(ledger.nack(&r(6)), Ok(()));
+        assert_eq!(ledger.nack(&r(6)), Err(Violation::NackReplayed));
     }
 
     #[test]

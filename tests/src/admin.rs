@@ -1,7 +1,8 @@
 //! A client for the data plane's admin API, and a parser for its metrics text.
 //!
 //! Endpoints used: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /admin/config`,
-//! `GET /admin/history`, `POST /admin/reload` and `POST /admin/rollback[?generation=N]`. The
+//! `GET /admin/history`, `POST /admin/reload`, `POST /admin/rollback[?generation=N]` and
+//! `POST /admin/source` (with [`AdminClient::post_body_as`]). The
 //! client sends the bearer token it was built with on its POST requests (its GET requests carry
 //! none); the `*_as` variants take the `Authorization` header explicitly so tests can send a
 //! missing, wrong or right one.
@@ -72,6 +73,26 @@ impl AdminClient {
     /// When the admin server cannot be reached at all.
     pub async fn post_as(&self, path: &str, authorization: Option<&str>) -> Reply {
         let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(value) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} on the admin server: {e}"));
+        Reply::read(response).await
+    }
+
+    /// `POST` a path with a body and an optional `Authorization` header value.
+    ///
+    /// # Panics
+    ///
+    /// When the admin server cannot be reached at all.
+    pub async fn post_body_as(&self, path: &str, authorization: Option<&str>, body: &str) -> Reply {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body.to_owned());
         if let Some(value) = authorization {
             request = request.header(reqwest::header::AUTHORIZATION, value);
         }

@@ -251,6 +251,80 @@ async fn identical_content_is_a_no_op_and_a_change_is_counted() {
     assert!(applied_at.is_some_and(|t| t > 1.6e9), "{applied_at:?}");
 }
 
+/// What the POST endpoints read is parsed only after the token check; a body or query that does
+/// not parse is refused with 400 naming the field, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_and_queries_are_refused_naming_the_field() {
+    let cells = Cells::start(&["cell-a", "cell-b", "cell-c"]).await;
+    let first = three_tiers(&cells);
+    let second = first.clone().customer("acme", "tier2");
+    let h = Harness::start(cells, &first, &["--no-watch"]).await;
+    h.write_config(&second);
+    assert_eq!(h.admin.reload().await.u64("config_generation"), Some(2));
+
+    for (path, body) in [("/admin/rollback?generation=abc", ""), ("/admin/source", "{")] {
+        let reply = h.admin.post_body_as(path, None, body).await;
+        assert_eq!(
+            reply.status, 401,
+            "POST {path} {body:?} without the token: {reply}"
+        );
+    }
+
+    let bearer = h.admin.bearer();
+    let rollback = "Configuration rollback failed";
+    let source = "Source switch failed";
+    let cases = [
+        ("/admin/rollback?generation=abc", "", rollback, "`generation`"),
+        ("/admin/rollback?generation=0", "", rollback, "`generation`"),
+        (
+            "/admin/rollback?generation=1&generation=2",
+            "",
+            rollback,
+            "`generation`",
+        ),
+        ("/admin/rollback?gen=1", "", rollback, "`gen`"),
+        ("/admin/source", "", source, "not JSON"),
+        ("/admin/source", r#"["file"]"#, source, "JSON object"),
+        ("/admin/source", "{}", source, "`source` is missing"),
+        ("/admin/source", r#"{"source":"File"}"#, source, "`source`"),
+        (
+            "/admin/source",
+            r#"{"source":"file","force":true}"#,
+            source,
+            "`force`",
+        ),
+        (
+            "/admin/source",
+            r#"{"source":"file","source":"control-plane"}"#,
+            source,
+            "`source` is given more than once",
+        ),
+    ];
+    for (path, body, message, names) in cases {
+        let reply = h.admin.post_body_as(path, Some(&bearer), body).await;
+        assert_eq!(reply.status, 400, "POST {path} {body:?}: {reply}");
+        assert_eq!(reply.str("status"), "error", "{reply}");
+        assert_eq!(reply.str("message"), message, "{reply}");
+        assert!(
+            reply.str("error").contains(names),
+            "POST {path} {body:?}: the error should name {names}: {reply}"
+        );
+    }
+    assert_eq!(
+        h.admin.generation().await,
+        2,
+        "a refused request changed the table"
+    );
+    assert_eq!(h.admin.config().await.str("mode"), "local");
+    h.proxy.assert_cell(Some("acme"), "cell-b").await;
+
+    // The parser that refused those reads a good query.
+    let back = h.admin.rollback(Some(1)).await;
+    assert_eq!(back.status, 200, "{back}");
+    assert_eq!(back.u64("rolled_back_to"), Some(1), "{back}");
+    h.proxy.assert_cell(Some("acme"), "cell-a").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_restores_the_previous_or_a_named_generation() {
     let cells = Cells::start(&["cell-a", "cell-b", "cell-c"]).await;

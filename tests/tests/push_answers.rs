@@ -9,7 +9,8 @@
 //! - a snapshot refused with an error far longer than the protocol allows: the NACK text is cut
 //!   to `MAX_NACK_ERROR_BYTES` on a character boundary, marked with `…`, and so is the
 //!   `last_nack` the admin API shows;
-//! - a `too_large` notice: NACKed, naming both sizes.
+//! - a `too_large` notice: NACKed, naming both sizes; one that arrives while a snapshot applies
+//!   is answered after it, so answers keep the order their messages arrived in.
 
 #![forbid(unsafe_code)]
 
@@ -275,4 +276,47 @@ async fn a_nack_text_is_cut_to_the_protocol_bound() {
         }
     })
     .await;
+}
+
+/// A too-large notice that arrives while a large snapshot applies is NACKed after that
+/// snapshot's answer: the control plane takes an answer as retiring every older snapshot, so
+/// a NACK sent first would turn the ACK that follows into a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_large_notice_is_answered_after_the_snapshot_applying() {
+    let Setup {
+        cells,
+        cp: _cp,
+        dp: _dp,
+        mut session,
+        admin,
+        proxy,
+    } = setup().await;
+    session
+        .send(&snapshot(OBJECT, LINEAGE, 1, table(&cells, "cell-a", LARGE)))
+        .await;
+    let hash = routing_model::ContentHash::of_spec(&table(&cells, "cell-b", 0));
+    session
+        .send(&ServerMessage::TooLarge {
+            routing_config: OBJECT.to_owned(),
+            snapshot: SnapshotRef {
+                lineage: LINEAGE.to_owned(),
+                version: 2,
+                hash,
+            },
+            bytes: 40_000_000,
+            limit: 16_777_216,
+        })
+        .await;
+    let first = session.answer(Duration::from_secs(120)).await;
+    let second = session.answer(SOON).await;
+    assert_eq!(
+        [
+            (first["type"].as_str(), reference(&first)),
+            (second["type"].as_str(), reference(&second))
+        ],
+        [(Some("ack"), 1), (Some("nack"), 2)],
+        "answers out of order: {first} then {second}"
+    );
+    assert_eq!(admin.config().await.json["snapshot"]["version"], 1);
+    assert_eq!(proxy.cell_for(Some("acme")).await.as_deref(), Ok("cell-a"));
 }

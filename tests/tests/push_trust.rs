@@ -5,7 +5,8 @@
 //! - identity comes from the token, not from the hello: another token's holder cannot touch a
 //!   data plane's record by naming its id, and ids must be Kubernetes names;
 //! - ACKs and NACKs count only for what the session was sent: never-sent, replayed and retired
-//!   answers are counted as protocol errors and change nothing;
+//!   answers are counted as protocol errors and change nothing; and a peer that answers late,
+//!   but honestly, is never sent more than its session can check, so none of its answers is;
 //! - what a peer sends is bounded: oversized messages are refused at the frame header, NACK
 //!   texts are cut, and six closed sessions leave the control plane's memory where it was.
 
@@ -447,6 +448,52 @@ async fn acks_and_nacks_count_only_for_what_the_session_was_sent() {
     })
     .await;
     scene.cp.wait_state(&["peer"], "SYNCED", Some(v5), SOON).await;
+}
+
+/// A data plane busy applying a large table answers nothing for a while, then every snapshot
+/// that arrived meanwhile, in order. The control plane sends it at most a ledger's worth
+/// (`LEDGER_ENTRIES`) and holds newer versions back, so every one of those late answers is
+/// checked and none is a protocol error; once it answers, the newest version comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_that_answers_late_is_sent_no_more_than_its_session_checks() {
+    use routing_model::ledger::LEDGER_ENTRIES;
+    let cells = Scene::cells(&CELLS).await;
+    let tables: Vec<Table> = (0..LEDGER_ENTRIES + 4)
+        .map(|i| routes(&cells).customer(&format!("v{i}"), "cell-a"))
+        .collect();
+    let scene = Scene::start(cells, &tables[0], &["--heartbeat-timeout", "60s"]).await;
+    let v1 = scene.cp.wait_served(&tables[0]).await;
+    let mut peer = Peer::open(scene.cp.addr(), DP_TOKEN, "slow").await;
+    let mut received = vec![peer.subscribe(&hello("slow", OBJECT, &Value::Null, None)).await];
+    assert_eq!(received[0]["version"], v1);
+    let mut newest = v1;
+    for table in &tables[1..] {
+        newest = scene.publish(table).await;
+    }
+    for _ in 1..LEDGER_ENTRIES {
+        received.push(peer.expect("snapshot").await["snapshot"].clone());
+    }
+    let versions: Vec<i64> = received.iter().filter_map(|s| s["version"].as_i64()).collect();
+    assert_eq!(versions.len(), LEDGER_ENTRIES);
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    assert!(
+        newest > versions[LEDGER_ENTRIES - 1],
+        "every version was sent: {versions:?}"
+    );
+
+    // As the data plane answers: the first applied, the others superseded while it applied.
+    peer.ack(&received[0]).await;
+    for snapshot in &received[1..] {
+        peer.nack(snapshot, "superseded: a newer version arrived").await;
+    }
+    // Held back until there was room, the newest version is what comes next (latest wins).
+    let next = peer.expect("snapshot").await["snapshot"].clone();
+    assert_eq!(next["version"], newest, "{next}");
+    peer.ack(&next).await;
+    scene.cp.wait_state(&["slow"], "SYNCED", Some(newest), SOON).await;
+    for kind in ["ack-not-sent", "ack-replayed", "nack-not-sent", "nack-replayed"] {
+        assert_eq!(protocol_errors(&scene, kind).await, 0.0, "{kind}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

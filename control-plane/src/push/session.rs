@@ -397,6 +397,9 @@ impl Subscribed {
         // Convergence is measured for versions accepted while this session was open; a data plane
         // that connects later is catching up, not converging.
         let session_start = SystemTime::now();
+        // A version accepted while the data plane still has a ledger's worth of snapshots to
+        // answer waits (latest wins) until it answers one; see `Ledger::may_send`.
+        let mut held = false;
         loop {
             tokio::select! {
                 () = s.shutdown.cancelled() => return End::Shutdown,
@@ -406,6 +409,11 @@ impl Subscribed {
                         return End::Shutdown;
                     }
                     let next = updates.borrow_and_update().clone();
+                    held = matches!(next, Published::Snapshot(_)) && !self.ledger.may_send();
+                    if held {
+                        tracing::debug!(data_plane = %self.id(), "holding a new version until the data plane answers the ones it has");
+                        continue;
+                    }
                     if let Err(end) = self.publish(sink, &next, s).await {
                         return end;
                     }
@@ -437,8 +445,16 @@ impl Subscribed {
                                     Published::Missing(_) => None,
                                 };
                                 self.ack(snapshot, served.as_deref(), session_start, s);
+                                if let Err(end) = self.release(&mut held, &updates, sink, s).await {
+                                    return end;
+                                }
                             }
-                            Ok(ClientMessage::Nack { snapshot, error }) => self.nack(snapshot, &error, s),
+                            Ok(ClientMessage::Nack { snapshot, error }) => {
+                                self.nack(snapshot, &error, s);
+                                if let Err(end) = self.release(&mut held, &updates, sink, s).await {
+                                    return end;
+                                }
+                            }
                             Ok(ClientMessage::Hello(_)) => {
                                 return End::Protocol("hello-twice", "hello sent twice".into());
                             }
@@ -487,6 +503,23 @@ impl Subscribed {
         let error = truncate(error, routing_model::protocol::MAX_NACK_ERROR_BYTES);
         tracing::warn!(data_plane = %self.id(), version = snapshot.version, %error, "data plane rejected a snapshot");
         s.registry.nack(self.session(), snapshot, &error);
+    }
+
+    /// Sends the version held back (see `serve`) once an answer made room for it: the newest
+    /// one, whatever was accepted meanwhile.
+    async fn release(
+        &mut self,
+        held: &mut bool,
+        updates: &tokio::sync::watch::Receiver<Published>,
+        sink: &mut Sink,
+        s: &PushState,
+    ) -> Result<(), End> {
+        if !*held || !self.ledger.may_send() {
+            return Ok(());
+        }
+        *held = false;
+        let current = updates.borrow().clone();
+        self.publish(sink, &current, s).await
     }
 
     /// An answer that does not match what this session was sent: counted, logged, ignored.

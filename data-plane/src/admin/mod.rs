@@ -12,7 +12,9 @@
 //! | `POST /admin/rollback[?generation=N]` | re-apply the previous version, or version N (bearer token) |
 //! | `POST /admin/source` | break-glass: `{"source":"file"}` pins the local file, `{"source":"control-plane"}` releases it (bearer token) |
 //!
-//! The POST endpoints need `Authorization: Bearer <token>` matching `--admin-token-file`.
+//! The POST endpoints need `Authorization: Bearer <token>` matching `--admin-token-file`; only
+//! then is what they read parsed ([`request`]), and a bad body or query is a 400 naming the
+//! field.
 //! What names customers and endpoints (the `spec` of `/admin/config`, the `diff`s of
 //! `/admin/history`, error texts that quote them) is shown only to a loopback peer or with the
 //! admin token; anyone else who reaches the port gets the same documents without them.
@@ -23,21 +25,21 @@
 //! Nothing here may change routing except through the [`crate::applier`].
 
 pub mod auth;
+pub mod request;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
-use crate::applier::{Applied, ApplierHandle, ApplyError, PreferredSource};
+use crate::applier::{Applied, ApplierHandle, ApplyError};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Trigger, unix_seconds};
 use auth::AdminToken;
@@ -258,21 +260,16 @@ async fn reload(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     }
 }
 
-/// Query of `POST /admin/rollback`.
-#[derive(Debug, Deserialize)]
-pub struct RollbackQuery {
-    generation: Option<u64>,
-}
-
-async fn rollback(
-    State(s): State<AdminState>,
-    headers: HeaderMap,
-    Query(q): Query<RollbackQuery>,
-) -> Response {
+async fn rollback(State(s): State<AdminState>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
+    const FAILED: &str = "Configuration rollback failed";
     if let Err(e) = s.token.check(&headers) {
         return unauthorized(&e);
     }
-    match s.applier.rollback(q.generation).await {
+    let generation = match request::rollback_query(query.as_deref()) {
+        Ok(g) => g,
+        Err(e) => return bad_request(FAILED, &e),
+    };
+    match s.applier.rollback(generation).await {
         Ok(Applied {
             generation,
             changed,
@@ -287,31 +284,20 @@ async fn rollback(
             "timestamp": now(),
         }))
         .into_response(),
-        Err(e) => failure("Configuration rollback failed", &e),
+        Err(e) => failure(FAILED, &e),
     }
-}
-
-/// Body of `POST /admin/source`.
-#[derive(Debug, Deserialize)]
-pub struct SourceRequest {
-    source: PreferredSource,
 }
 
 async fn source(State(s): State<AdminState>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    const FAILED: &str = "Source switch failed";
     if let Err(e) = s.token.check(&headers) {
         return unauthorized(&e);
     }
-    let request: SourceRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"status": "error", "message": "Source switch failed", "error": format!("expected {{\"source\":\"file\"}} or {{\"source\":\"control-plane\"}}: {e}")})),
-            )
-                .into_response();
-        }
+    let source = match request::source_body(&body) {
+        Ok(source) => source,
+        Err(e) => return bad_request(FAILED, &e),
     };
-    match s.applier.set_source(request.source).await {
+    match s.applier.set_source(source).await {
         Ok(Applied {
             generation, changed, ..
         }) => Json(json!({
@@ -323,8 +309,17 @@ async fn source(State(s): State<AdminState>, headers: HeaderMap, body: axum::bod
             "timestamp": now(),
         }))
         .into_response(),
-        Err(e) => failure("Source switch failed", &e),
+        Err(e) => failure(FAILED, &e),
     }
+}
+
+/// A request whose body or query does not parse; the error names the field.
+fn bad_request(message: &str, e: &request::RequestError) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"status": "error", "message": message, "error": e.to_string()})),
+    )
+        .into_response()
 }
 
 fn failure(message: &str, e: &ApplyError) -> Response {

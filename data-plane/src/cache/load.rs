@@ -1,11 +1,10 @@
 //! Reading the cache file back at startup, refusing anything damaged.
 
+use std::io::Read as _;
 use std::path::PathBuf;
 
-use routing_model::protocol::SnapshotMessage;
-use sha2::{Digest, Sha256};
-
-use super::{MAGIC, SnapshotCache};
+use super::SnapshotCache;
+use super::format::{CachedSnapshot, DecodeError, decode};
 
 /// Why the cache could not be used at startup.
 #[derive(Debug, thiserror::Error)]
@@ -18,77 +17,51 @@ pub enum CacheError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Truncated, corrupted or not a cache file.
-    #[error("{path} is damaged ({why}); ignoring it")]
-    Damaged {
+    /// Too large, truncated, corrupted, not a cache file, or not a snapshot this data plane
+    /// would serve.
+    #[error("{path} is unusable ({why}); ignoring it")]
+    Unusable {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        why: String,
+        why: DecodeError,
     },
 }
 
 impl SnapshotCache {
-    /// Loads the cached snapshot; `Ok(None)` when there is none. Blocking.
-    pub fn load(&self) -> Result<Option<SnapshotMessage>, CacheError> {
-        let bytes = match std::fs::read(&self.path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(CacheError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
-        };
-        let damaged = |why: &str| CacheError::Damaged {
+    /// Loads the cached snapshot; `Ok(None)` when there is none. Blocking. A file over the size
+    /// bound is refused without being read.
+    pub fn load(&self) -> Result<Option<CachedSnapshot>, CacheError> {
+        let read_error = |source| CacheError::Read {
             path: self.path.clone(),
-            why: why.to_owned(),
+            source,
         };
-        let newline = bytes
-            .iter()
-            .position(|b| *b == b'\n')
-            .ok_or_else(|| damaged("no header line"))?;
-        let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| damaged("header is not text"))?;
-        let expected = header
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| damaged("not a cellroute snapshot file"))?;
-        let payload = &bytes[newline + 1..];
-        if hex(&Sha256::digest(payload)) != expected {
-            return Err(damaged("checksum mismatch: the file is truncated or corrupted"));
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(read_error(e)),
+        };
+        let limit = self.max_bytes as u64;
+        let size = file.metadata().map_err(read_error)?.len();
+        let refused = |why| CacheError::Unusable {
+            path: self.path.clone(),
+            why,
+        };
+        if size > limit {
+            return Err(refused(DecodeError::TooLarge { bytes: size, limit }));
         }
-        serde_json::from_slice(payload)
-            .map(Some)
-            .map_err(|e| damaged(&format!("payload does not parse: {e}")))
+        // The file may grow after the check: read one byte past the bound at most, which
+        // `decode` then refuses.
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(limit + 1).read_to_end(&mut bytes).map_err(read_error)?;
+        decode(&bytes, self.max_bytes).map(Some).map_err(refused)
     }
-}
-
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use routing_model::ParseLimits;
-    use routing_model::protocol::SnapshotRef;
-
-    pub(in crate::cache) fn snapshot(version: i64) -> SnapshotMessage {
-        let cfg = routing_model::load(
-            b"apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec: {defaultPlacement: a, placementToEndpoint: {a: 'http://a'}}\n",
-            ParseLimits::default(),
-        )
-        .unwrap();
-        SnapshotMessage {
-            routing_config: "ns/routes".into(),
-            snapshot: SnapshotRef {
-                lineage: "uid-1".into(),
-                version,
-                hash: cfg.hash(),
-            },
-            spec: cfg.spec().clone(),
-        }
-    }
+    use crate::cache::format::tests::snapshot;
 
     #[test]
     fn truncation_and_flipped_bytes_are_detected() {
@@ -97,12 +70,40 @@ pub(super) mod tests {
         cache.store(&snapshot(1)).unwrap();
         let good = std::fs::read(cache.path()).unwrap();
         std::fs::write(cache.path(), &good[..good.len() - 5]).unwrap();
-        assert!(matches!(cache.load(), Err(CacheError::Damaged { .. })));
+        assert!(matches!(
+            cache.load(),
+            Err(CacheError::Unusable {
+                why: DecodeError::Checksum,
+                ..
+            })
+        ));
         let mut flipped = good.clone();
         let last = flipped.len() - 10;
         flipped[last] ^= 0x01;
         std::fs::write(cache.path(), &flipped).unwrap();
         let err = cache.load().unwrap_err().to_string();
         assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_message_bound_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SnapshotCache::new(dir.path(), "ns/routes");
+        cache.store(&snapshot(1)).unwrap();
+        let size = std::fs::metadata(cache.path()).unwrap().len() as usize;
+        let payload = size - crate::cache::format::HEADER_BYTES;
+        assert!(
+            cache
+                .clone()
+                .with_max_message_bytes(payload)
+                .load()
+                .unwrap()
+                .is_some()
+        );
+        let err = cache.with_max_message_bytes(payload - 1).load().unwrap_err();
+        assert!(
+            matches!(err, CacheError::Unusable { why: DecodeError::TooLarge { bytes, .. }, .. } if bytes == size as u64),
+            "{err}"
+        );
     }
 }

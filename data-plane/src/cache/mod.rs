@@ -6,27 +6,32 @@
 //!   old file or the new one, never a mix. A failed write removes its temp file; temp files of
 //!   writes a crash interrupted are removed when the cache is opened.
 //! - [`load`]: reading it back at startup. The file carries a SHA-256 checksum of its payload,
-//!   so a truncated or corrupted file (a bad disk, a hand edit) is refused rather than applied.
+//!   so a truncated or corrupted file (a bad disk, a hand edit) is refused rather than applied;
+//!   so is one larger than any snapshot this data plane accepts, unread.
+//! - [`format`]: the bytes of the file, encoded and decoded by pure functions (one decoder,
+//!   the one the `cache_file` fuzz target runs).
 //! - [`writer`]: the task that persists applied snapshots, newest first, off the applier.
 //!
 //! Format: one header line `cellroute-snapshot v1 sha256:<hex>` then the JSON of a
 //! [`routing_model::protocol::SnapshotMessage`].
 
+pub mod format;
 pub mod load;
 pub mod store;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+pub use format::{CachedSnapshot, DecodeError};
 pub use load::CacheError;
 pub use store::PersistError;
-
-const MAGIC: &str = "cellroute-snapshot v1 sha256:";
 
 /// The cache file of one RoutingConfig inside the cache directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotCache {
     path: PathBuf,
+    /// Largest file [`SnapshotCache::load`] reads: the header line and one snapshot message.
+    max_bytes: usize,
 }
 
 /// Why the cache directory cannot be used at startup.
@@ -52,7 +57,16 @@ impl SnapshotCache {
             .collect();
         Self {
             path: dir.join(format!("{file}.snapshot")),
+            max_bytes: routing_model::protocol::DEFAULT_MAX_MESSAGE_BYTES + format::HEADER_BYTES,
         }
+    }
+
+    /// Bounds what [`SnapshotCache::load`] reads by the largest message this data plane accepts
+    /// (`--max-message-bytes`): a snapshot it stored came in one such message, and its payload
+    /// is never larger than that message.
+    pub fn with_max_message_bytes(mut self, max_message_bytes: usize) -> Self {
+        self.max_bytes = max_message_bytes.saturating_add(format::HEADER_BYTES);
+        self
     }
 
     /// Creates `dir` if needed and removes the temp files that writes of an earlier run left

@@ -10,17 +10,15 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use routing_model::protocol::SnapshotMessage;
-use sha2::{Digest, Sha256};
 
-use super::{MAGIC, SnapshotCache, load::hex};
+use super::SnapshotCache;
+use super::format::encode;
 
 const TEMP_SUFFIX: &str = ".tmp";
 
 /// The step of a persist that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Encoding the snapshot.
-    Encode,
     /// Creating or writing the temp file (disk full, EIO).
     Write,
     /// fsync of the temp file.
@@ -35,7 +33,6 @@ pub enum Step {
 impl Step {
     fn as_str(self) -> &'static str {
         match self {
-            Step::Encode => "encode",
             Step::Write => "write",
             Step::Sync => "fsync",
             Step::Rename => "rename",
@@ -72,18 +69,14 @@ impl SnapshotCache {
                 source,
             }
         };
-        let payload =
-            serde_json::to_vec(snapshot).map_err(|e| fail(Step::Encode)(std::io::Error::other(e)))?;
-        let digest = hex(&Sha256::digest(&payload));
+        let file = encode(snapshot);
         // Dropping a `NamedTempFile` removes it: every early return below cleans up.
         let mut temp = tempfile::Builder::new()
             .prefix(&self.temp_prefix())
             .suffix(TEMP_SUFFIX)
             .tempfile_in(self.dir())
             .map_err(fail(Step::Write))?;
-        temp.write_all(format!("{MAGIC}{digest}\n").as_bytes())
-            .map_err(fail(Step::Write))?;
-        temp.write_all(&payload).map_err(fail(Step::Write))?;
+        temp.write_all(&file).map_err(fail(Step::Write))?;
         temp.as_file().sync_all().map_err(fail(Step::Sync))?;
         // On failure the error hands the temp file back; dropping it removes it.
         temp.persist(&self.path)
@@ -131,7 +124,7 @@ fn is_temp_name(name: &OsStr, prefix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::load::tests::snapshot;
+    use crate::cache::format::tests::snapshot;
 
     fn names(dir: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -149,7 +142,7 @@ mod tests {
         assert!(cache.load().unwrap().is_none());
         cache.store(&snapshot(1)).unwrap();
         cache.store(&snapshot(2)).unwrap();
-        assert_eq!(cache.load().unwrap().unwrap().snapshot.version, 2);
+        assert_eq!(cache.load().unwrap().unwrap().message.snapshot.version, 2);
         assert_eq!(names(dir.path()), ["ns_routes.snapshot"]);
     }
 
