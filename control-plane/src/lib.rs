@@ -21,6 +21,7 @@ pub mod crd;
 pub mod http;
 pub mod inject;
 pub mod leader;
+pub mod merge_patch;
 pub mod metrics;
 pub mod push;
 pub mod run;

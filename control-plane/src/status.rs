@@ -31,6 +31,15 @@ use crate::status_key::StatusKey;
 /// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
 const MAX_MESSAGE: usize = 4096;
 
+/// Largest served spec recorded in the status (gzip, then base64): a status never grows by
+/// more than this, whatever the table's size.
+pub const MAX_RECORDED_SPEC_BYTES: usize = 256 * 1024;
+
+/// The served spec is recorded only while the object's own spec plus the record stay within
+/// this: an object near the API server's limit (etcd's 1.5 MiB request) must keep room for its
+/// status, or no status write of it would ever succeed.
+pub const RECORDED_SPEC_OBJECT_BUDGET: usize = 1024 * 1024;
+
 /// The inputs of one status computation.
 pub struct Input<'a> {
     /// The object's `metadata.generation`.
@@ -47,6 +56,27 @@ pub struct Input<'a> {
     pub now: SystemTime,
     /// Signs the served spec recorded while the current generation is rejected.
     pub key: &'a StatusKey,
+    /// Bytes of the object's own spec as JSON (what it stores); only read while the current
+    /// generation is not the served one, to decide whether the served spec fits beside it.
+    pub spec_bytes: usize,
+}
+
+/// The served spec as recorded in the status, or why it is not.
+enum Record {
+    /// gzip + base64 of the served spec.
+    Kept(String),
+    /// Too large to record beside the object's own spec: its encoded size.
+    Omitted(usize),
+}
+
+/// The record of `spec` for an object whose own spec is `spec_bytes` long.
+fn record(spec: &routing_model::RoutingConfigSpec, spec_bytes: usize) -> Record {
+    let encoded = crate::served_spec::encode(spec);
+    if encoded.len() <= MAX_RECORDED_SPEC_BYTES && spec_bytes + encoded.len() <= RECORDED_SPEC_OBJECT_BUDGET {
+        Record::Kept(encoded)
+    } else {
+        Record::Omitted(encoded.len())
+    }
 }
 
 /// A decision worth an Event: it differs from what the stored status already says.
@@ -83,6 +113,11 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
         .rejection
         .as_ref()
         .filter(|r| r.lineage == input.uid && r.version == input.generation);
+    // While the current generation is not the served one, the served spec travels in the
+    // status, signed, so a replica started meanwhile can serve it again; unless it would not fit.
+    let recorded = served
+        .filter(|s| s.version != input.generation)
+        .map(|s| record(s.config.spec(), input.spec_bytes));
     let accepted = match (rejection, served) {
         (Some(r), _) => condition(
             CONDITION_ACCEPTED,
@@ -92,11 +127,18 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
                 &format!(
                     "generation {} rejected; {}{}",
                     input.generation,
-                    r.error,
                     served.map_or_else(String::new, |s| format!(
-                        "; still serving generation {} ({})",
+                        "still serving generation {} ({}); ",
                         s.version, s.hash
-                    ))
+                    )),
+                    match &recorded {
+                        Some(Record::Omitted(bytes)) => format!(
+                            "the served spec is not recorded in the status ({bytes} bytes compressed is too large beside this object's own spec), \
+                             so a control-plane replica started before this is fixed serves nothing for this object (data planes keep their table); {}",
+                            r.error
+                        ),
+                        _ => r.error.clone(),
+                    }
                 ),
                 MAX_MESSAGE,
             ),
@@ -147,10 +189,11 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             .and_then(|c| c.snapshot.as_ref())
             .filter(|old| old.version == s.version && old.hash == hash)
             .map(|old| old.accepted_at.clone());
-        // While the current generation is not the served one, the served spec travels in the
-        // status, signed, so a replica started meanwhile can serve it again.
-        let recorded = s.version != input.generation;
-        let signature = recorded.then(|| {
+        let served_spec = match &recorded {
+            Some(Record::Kept(encoded)) => Some(encoded.clone()),
+            _ => None,
+        };
+        let signature = served_spec.is_some().then(|| {
             ServedRecord {
                 namespace: &s.key.namespace,
                 name: &s.key.name,
@@ -163,7 +206,7 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
         SnapshotStatus {
             version: s.version,
             accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
-            served_spec: recorded.then(|| crate::served_spec::encode(s.config.spec())),
+            served_spec,
             served_spec_signature: signature,
             hash,
         }
@@ -260,7 +303,7 @@ fn data_planes_status(counts: &Counts) -> DataPlanesStatus {
                 error: truncate(error, MAX_MESSAGE),
             }),
         // Each replica writes its own entry; the status writer never touches them.
-        replicas: Vec::new(),
+        replicas: Default::default(),
     }
 }
 
@@ -386,6 +429,7 @@ mod tests {
             data_planes: &Counts::default(),
             now: t0,
             key: &key(),
+            spec_bytes: 0,
         });
         assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
         assert_eq!(status_of(&first, CONDITION_SYNCED), "Unknown");
@@ -398,6 +442,7 @@ mod tests {
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(3600),
             key: &key(),
+            spec_bytes: 0,
         });
         assert_eq!(first, later);
         assert_eq!(decision(Some(&first), &later), None);
@@ -417,6 +462,7 @@ mod tests {
             data_planes: &Counts::default(),
             now: t0,
             key: &key(),
+            spec_bytes: 0,
         });
         store.offer(
             &object(),
@@ -433,6 +479,7 @@ mod tests {
             data_planes: &Counts::default(),
             now: t0 + Duration::from_secs(10),
             key: &key(),
+            spec_bytes: 0,
         });
         let accepted = second
             .conditions
@@ -506,6 +553,7 @@ mod tests {
             data_planes: &Counts::default(),
             now: SystemTime::now(),
             key: &key(),
+            spec_bytes: 0,
         });
         assert!(s.snapshot.is_none());
         assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");

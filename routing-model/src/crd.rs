@@ -5,6 +5,8 @@
 //!
 //! [`RoutingConfigSpec`]: crate::manifest::RoutingConfigSpec
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -78,20 +80,18 @@ pub struct DataPlanesStatus {
     /// The most recent rejection by a data plane, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejection: Option<DataPlaneRejection>,
-    /// Each control-plane replica's own counts. Every replica writes only its own entry (its own
-    /// server-side-apply field manager), so replicas never overwrite each other; the status
-    /// writer sums the entries of live replicas into the totals above.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "crate::schema::replica_reports")]
-    pub replicas: Vec<ReplicaReport>,
+    /// Each control-plane replica's own counts, by replica identity (its pod name). Every
+    /// replica writes only its own key (a merge patch of that key alone), so replicas never
+    /// overwrite each other; the status writer sums the entries of live replicas into the
+    /// totals above.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, ReplicaReport>,
 }
 
 /// One control-plane replica's view of the data planes subscribed to a RoutingConfig.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaReport {
-    /// The replica's identity (its pod name).
-    pub replica: String,
     /// The version its counts are against (the snapshot it serves). The status writer counts
     /// an entry as synced only when this is the version being reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]

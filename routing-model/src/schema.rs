@@ -53,19 +53,6 @@ pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
-/// Schema of `status.dataPlanes.replicas`: a list map keyed on `replica`, so each replica's
-/// server-side apply owns exactly its own entry.
-#[cfg(feature = "kube")]
-pub fn replica_reports(generator: &mut SchemaGenerator) -> Schema {
-    let mut schema = generator.subschema_for::<Vec<crate::crd::ReplicaReport>>();
-    schema.insert("x-kubernetes-list-type".to_owned(), "map".into());
-    schema.insert(
-        "x-kubernetes-list-map-keys".to_owned(),
-        serde_json::json!(["replica"]),
-    );
-    schema
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

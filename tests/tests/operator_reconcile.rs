@@ -177,10 +177,10 @@ async fn valid_config_is_accepted_with_a_snapshot_status_and_an_event() {
     assert_eq!(regarding.name.as_deref(), Some("routes"));
     assert_eq!(regarding.namespace.as_deref(), Some(s.namespace.as_str()));
 
-    // Status is written by server-side apply, by the control plane alone.
+    // Status is written by the control plane alone (merge patches, its own field manager).
     assert_eq!(
         status_managers(&obj),
-        [(CONTROL_PLANE_MANAGER.to_owned(), "Apply".to_owned())],
+        [(CONTROL_PLANE_MANAGER.to_owned(), "Update".to_owned())],
         "managedFields: {:?}",
         obj.managed_fields()
     );

@@ -279,7 +279,7 @@ async fn two_replicas_elect_one_status_writer_and_hand_over_on_shutdown() {
     );
     assert_eq!(
         status_managers(&settled),
-        [(CONTROL_PLANE_MANAGER.to_owned(), "Apply".to_owned())],
+        [(CONTROL_PLANE_MANAGER.to_owned(), "Update".to_owned())],
         "managedFields: {:?}",
         settled.managed_fields()
     );
@@ -342,7 +342,7 @@ async fn two_replicas_elect_one_status_writer_and_hand_over_on_shutdown() {
     );
     assert_eq!(
         status_managers(&obj),
-        [(CONTROL_PLANE_MANAGER.to_owned(), "Apply".to_owned())],
+        [(CONTROL_PLANE_MANAGER.to_owned(), "Update".to_owned())],
         "managedFields: {:?}",
         obj.managed_fields()
     );

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::replicas::{self, LeaseSweeper, ReplicaSettings};
 use super::{ConfigSource, SourceContext};
+use crate::merge_patch;
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::push::registry::Registry;
 use crate::served_spec::{self, Owner, Untrusted};
@@ -380,6 +381,13 @@ async fn write_status(
     if !dead.is_empty() {
         replicas::prune(&ctx.client, obj, &dead).await;
     }
+    // Only needed (and a serialization of a possibly large spec) while the served version is
+    // not the current generation.
+    let spec_bytes = if served_version.is_some_and(|v| v != generation) {
+        serde_json::to_vec(&obj.spec).map_or(0, |v| v.len())
+    } else {
+        0
+    };
     let desired = status::desired(&status::Input {
         generation,
         uid,
@@ -388,6 +396,7 @@ async fn write_status(
         data_planes: &counts,
         now: SystemTime::now(),
         key: &ctx.status_key,
+        spec_bytes,
     });
     if current.is_some_and(|c| same_status(c, &desired)) {
         return Ok(());
@@ -407,15 +416,30 @@ async fn write_status(
             emit_untrusted(obj, key, recorded, &untrusted, ctx).await;
         }
     }
-    let patch = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "status": desired,
-    });
+    // A merge patch of what changed, leaving the replicas' own entries alone (see
+    // `crate::merge_patch` for why not server-side apply).
+    let replicas = ["dataPlanes", "replicas"];
+    let stored = if others.is_empty() {
+        current.map(to_json).unwrap_or(serde_json::Value::Null)
+    } else {
+        // The snapshot was just removed.
+        current
+            .map(|c| merge_patch::without(to_json(c), &["snapshot"]))
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let Some(change) = merge_patch::diff(
+        &merge_patch::without(stored, &replicas),
+        &merge_patch::without(to_json(&desired), &replicas),
+    ) else {
+        return Ok(());
+    };
     api.patch_status(
         &key.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(&serde_json::json!({ "status": change })),
     )
     .await
     .map_err(|e| ReconcileError::Status(key.to_string(), e))?;
@@ -424,6 +448,10 @@ async fn write_status(
         publish(ctx, obj, decision).await;
     }
     Ok(())
+}
+
+fn to_json(status: &RoutingConfigStatus) -> serde_json::Value {
+    serde_json::to_value(status).expect("a status serializes to JSON")
 }
 
 /// Equal up to the order of conditions (the apiserver keeps list-map entries keyed, not ordered).
@@ -464,8 +492,12 @@ fn snapshot_writers_besides_us(obj: &RoutingConfig) -> Vec<String> {
 async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<(), ReconcileError> {
     let ops = serde_json::json!([{"op": "remove", "path": "/status/snapshot"}]);
     let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
     match api
-        .patch_status(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .patch_status(&key.name, &params, &Patch::<()>::Json(patch))
         .await
     {
         Ok(_) => Ok(()),

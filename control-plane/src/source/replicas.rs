@@ -1,9 +1,9 @@
 //! Data-plane counts across control-plane replicas.
 //!
 //! A data plane holds a session with one replica, so each replica knows only its own data
-//! planes. Every replica therefore writes its own entry in `status.dataPlanes.replicas`, with its
-//! own server-side-apply field manager (so it can never overwrite another replica's entry), and
-//! only when its counts change. Each replica also holds a Lease of its own; the status writer
+//! planes. Every replica therefore writes its own entry in `status.dataPlanes.replicas`, a map
+//! keyed by its identity, with a merge patch of that key alone under its own field manager (so it
+//! can never overwrite another replica's entry), and only when its counts change. Each replica also holds a Lease of its own; the status writer
 //! sums the entries of replicas whose Lease is live and removes the entries of replicas whose
 //! Lease expired (a crashed replica's data planes reconnect elsewhere and are counted there).
 //! Each entry names the version its counts are against, so a replica that has not caught up
@@ -23,7 +23,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
 use routing_model::crd::{DataPlaneRejection, ReplicaReport, RoutingConfig};
-use routing_model::manifest::{API_VERSION, KIND};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -96,9 +95,8 @@ impl ReplicaSettings {
     }
 }
 
-fn report(identity: &str, counts: &Counts, version: Option<i64>) -> ReplicaReport {
+fn report(counts: &Counts, version: Option<i64>) -> ReplicaReport {
     ReplicaReport {
-        replica: identity.to_owned(),
         version,
         connected: counts.connected,
         synced: counts.synced,
@@ -150,15 +148,15 @@ pub async fn report_loop(
                 .status
                 .as_ref()
                 .and_then(|s| s.data_planes.as_ref())
-                .and_then(|d| d.replicas.iter().find(|r| r.replica == settings.identity));
-            let desired = report(&settings.identity, &counts, version);
-            let entries = match (mine, counts.connected) {
+                .and_then(|d| d.replicas.get(&settings.identity));
+            let desired = report(&counts, version);
+            let entry = match (mine, counts.connected) {
                 (None, 0) => continue,
                 (Some(current), _) if *current == desired => continue,
-                (_, 0) => vec![],
-                _ => vec![desired],
+                (_, 0) => None,
+                _ => Some(desired),
             };
-            write_entries(&client, &key, &settings, entries).await;
+            write_entry(&client, &key, &settings, entry).await;
         }
     }
     // Leaving: take this replica's entries out, so nobody counts its data planes twice while
@@ -171,9 +169,9 @@ pub async fn report_loop(
                 .status
                 .as_ref()
                 .and_then(|s| s.data_planes.as_ref())
-                .is_some_and(|d| d.replicas.iter().any(|r| r.replica == settings.identity));
+                .is_some_and(|d| d.replicas.contains_key(&settings.identity));
             if has_entry {
-                write_entries(&client, &key, &settings, vec![]).await;
+                write_entry(&client, &key, &settings, None).await;
             }
         }
     };
@@ -187,20 +185,24 @@ pub async fn report_loop(
 /// Longest a leaving replica spends removing its entries.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn write_entries(
+/// Writes (or, with `None`, removes) this replica's own entry: a merge patch of its key alone,
+/// so it never touches another replica's entry. A merge patch, not a server-side apply: the API
+/// server stores it even for an object too large to carry its field-ownership lists.
+async fn write_entry(
     client: &Client,
     key: &ObjectKey,
     settings: &ReplicaSettings,
-    entries: Vec<ReplicaReport>,
+    entry: Option<ReplicaReport>,
 ) {
     let api: Api<RoutingConfig> = Api::namespaced(client.clone(), &key.namespace);
     let patch = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "status": {"dataPlanes": {"replicas": entries}},
+        "status": {"dataPlanes": {"replicas": {settings.identity.clone(): entry}}},
     });
-    let params = PatchParams::apply(&settings.field_manager()).force();
-    if let Err(e) = api.patch_status(&key.name, &params, &Patch::Apply(&patch)).await {
+    let params = PatchParams {
+        field_manager: Some(settings.field_manager()),
+        ..PatchParams::default()
+    };
+    if let Err(e) = api.patch_status(&key.name, &params, &Patch::Merge(&patch)).await {
         tracing::warn!(object = %key, error = %e, "cannot write this replica's data-plane counts");
     }
 }
@@ -240,9 +242,9 @@ pub async fn totals(
         .and_then(|s| s.data_planes.as_ref())
         .map(|d| d.replicas.clone())
         .unwrap_or_default();
-    for entry in others.iter().filter(|r| r.replica != settings.identity) {
-        if !is_live(client, settings, &entry.replica).await {
-            dead.push(entry.replica.clone());
+    for (replica, entry) in others.iter().filter(|(r, _)| **r != settings.identity) {
+        if !is_live(client, settings, replica).await {
+            dead.push(replica.clone());
             continue;
         }
         total.connected += entry.connected;
@@ -260,40 +262,24 @@ pub async fn totals(
     (total, dead)
 }
 
-/// Removes the entries of replicas that are gone (their Lease expired).
+/// Removes the entries of replicas that are gone (their Lease expired): a merge patch that
+/// nulls exactly their keys.
 pub async fn prune(client: &Client, obj: &RoutingConfig, dead: &[String]) {
     let Some(key) = ObjectKey::of(obj) else { return };
-    let replicas = obj
-        .status
-        .as_ref()
-        .and_then(|s| s.data_planes.as_ref())
-        .map(|d| d.replicas.clone())
-        .unwrap_or_default();
-    let mut ops = Vec::new();
-    for (i, entry) in replicas.iter().enumerate().rev() {
-        if dead.contains(&entry.replica) {
-            let path = format!("/status/dataPlanes/replicas/{i}");
-            ops.push(
-                serde_json::json!({"op": "test", "path": format!("{path}/replica"), "value": entry.replica}),
-            );
-            ops.push(serde_json::json!({"op": "remove", "path": path}));
-        }
-    }
-    if ops.is_empty() {
+    if dead.is_empty() {
         return;
     }
-    let patch: json_patch::Patch = match serde_json::from_value(serde_json::Value::Array(ops)) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(object = %key, error = %e, "cannot build the prune patch");
-            return;
-        }
+    let gone: serde_json::Map<String, serde_json::Value> = dead
+        .iter()
+        .map(|replica| (replica.clone(), serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({"status": {"dataPlanes": {"replicas": gone}}});
+    let params = PatchParams {
+        field_manager: Some(super::kubernetes::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
     };
     let api: Api<RoutingConfig> = Api::namespaced(client.clone(), &key.namespace);
-    match api
-        .patch_status(&key.name, &PatchParams::default(), &Patch::<()>::Json(patch))
-        .await
-    {
+    match api.patch_status(&key.name, &params, &Patch::Merge(&patch)).await {
         Ok(_) => {
             tracing::info!(object = %key, replicas = ?dead, "removed the data-plane counts of replicas that are gone")
         }
