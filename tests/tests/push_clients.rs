@@ -437,10 +437,12 @@ async fn a_stalled_data_plane_does_not_delay_the_others() {
     // client that does not read can block: snapshots of ~600 KiB fill it in a few versions.
     const FILLER: usize = 25_000;
     const MAX_EDITS: usize = 40;
-    const SEND_TIMEOUT: Duration = Duration::from_secs(6);
+    const SEND_TIMEOUT: Duration = Duration::from_secs(20);
     // Each of the others must converge well within this, while the stalled one's send blocks
-    // for the whole --send-timeout.
-    const BOUND: Duration = Duration::from_secs(4);
+    // for the whole --send-timeout. An edit converges in about 1 s on an idle machine and took up
+    // to 4.4 s with the machine's two cores shared by a full test run and a fuzzer: the margin is
+    // to the send timeout the others would wait for if they were delayed, not to the speed.
+    const BOUND: Duration = Duration::from_secs(10);
     let cells = Scene::cells(&CELLS).await;
     let tables: Vec<Table> = (0..=MAX_EDITS)
         .map(|i| {
