@@ -48,6 +48,8 @@ use tokio_util::sync::CancellationToken;
 use crate::applier::{Applied, ApplierHandle, ApplyError};
 use crate::metrics::Metrics;
 use crate::state::{SharedState, Source, unix_seconds};
+use crate::tls;
+pub use crate::tls::CaError;
 use answers::{Answers, Arrival};
 
 /// How to reach and talk to the control plane.
@@ -75,48 +77,13 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// Why the TLS client settings could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot use --control-plane-ca {path}: {why}")]
-pub struct CaError {
-    path: String,
-    why: String,
-}
-
 /// TLS client settings trusting the system's roots and, if given, the CAs in `ca_file`.
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, CaError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let fail = |why: String| CaError {
-            path: path.display().to_string(),
-            why,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| fail(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(fail("no certificate found".to_owned()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| fail(e.to_string()))?;
-        }
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| CaError {
-                path: String::new(),
-                why: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
+    const FLAG: &str = "--control-plane-ca";
+    Ok(Arc::new(tls::client_config(
+        FLAG,
+        tls::root_store(FLAG, ca_file)?,
+    )?))
 }
 
 /// Why a session ended.

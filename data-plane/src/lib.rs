@@ -21,6 +21,8 @@
 //!   per worker);
 //! - [`provenance`]: where a table came from and why it was applied (labels shared by state
 //!   and metrics);
+//! - [`tls`]: TLS client settings (system roots plus a flag's CAs) for the control plane and
+//!   `https` cells;
 //! - [`run`]: wiring and graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -40,5 +42,6 @@ pub mod proxy;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod tls;
 pub mod upstream;
 pub mod validate_cmd;

@@ -111,6 +111,27 @@ impl CpHttp {
             .find(|d| d["id"] == id && d["record"]["identity"] == *identity)
     }
 
+    /// Waits until the record of `id` under `identity` is listed and satisfies `ready` (`what`
+    /// names the wait in its timeout message), and returns it.
+    pub async fn wait_dataplane_as(
+        &self,
+        id: &str,
+        identity: &Value,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(what, timeout, || async {
+            let entry = self.dataplane_as(id, identity).await.ok_or("not listed")?;
+            if ready(&entry) {
+                Ok(entry)
+            } else {
+                Err(format!("{entry}"))
+            }
+        })
+        .await
+    }
+
     /// Waits until every data plane of `ids` is listed in `state` (`SYNCED`, `REJECTED`,
     /// `ORPHANED`, ...), with `version` as its acked (or, when REJECTED, nacked) version when
     /// given, and returns their entries.

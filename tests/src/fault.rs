@@ -14,39 +14,35 @@ use crate::wait::eventually_blocking;
 /// `errno` (for example `&["fsync", "fdatasync"]`, `"EIO"`), following its threads, printing
 /// nothing.
 pub fn strace_inject(syscalls: &[&str], errno: &str) -> Vec<String> {
-    let set = syscalls.join(",");
-    vec![
-        "strace".to_owned(),
-        "-f".to_owned(),
-        "--seccomp-bpf".to_owned(),
-        "-qq".to_owned(),
-        "-o".to_owned(),
-        "/dev/null".to_owned(),
-        "-e".to_owned(),
-        format!("trace={set}"),
-        "-e".to_owned(),
-        format!("inject={set}:error={errno}"),
-    ]
+    strace(syscalls, &format!("error={errno}"))
 }
 
 /// The command prefix that runs a binary under `strace` delaying every call of `syscalls` by
 /// `delay` before it runs (the process sits inside the call meanwhile, for example between
 /// writing a temp file and renaming it), following its threads, printing nothing.
 pub fn strace_delay(syscalls: &[&str], delay: Duration) -> Vec<String> {
+    // strace takes the delay in microseconds.
+    strace(syscalls, &format!("delay_enter={}", delay.as_micros()))
+}
+
+/// `strace` following threads, printing nothing, tampering with every call of `syscalls` as
+/// `how` says (the part after `inject=SET:`).
+fn strace(syscalls: &[&str], how: &str) -> Vec<String> {
     let set = syscalls.join(",");
-    vec![
-        "strace".to_owned(),
-        "-f".to_owned(),
-        "--seccomp-bpf".to_owned(),
-        "-qq".to_owned(),
-        "-o".to_owned(),
-        "/dev/null".to_owned(),
-        "-e".to_owned(),
-        format!("trace={set}"),
-        "-e".to_owned(),
-        // strace takes the delay in microseconds.
-        format!("inject={set}:delay_enter={}", delay.as_micros()),
+    [
+        "strace",
+        "-f",
+        "--seccomp-bpf",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        &format!("trace={set}"),
+        "-e",
+        &format!("inject={set}:{how}"),
     ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// The pid of the one child of `parent` (the program `strace` runs), waiting for it to appear.
@@ -63,6 +59,35 @@ pub fn child_pid(parent: u32) -> u32 {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| format!("{path} is empty"))
     })
+}
+
+/// Runs `ip ARGS`, failing the test with its stderr when it fails (it needs root and iproute2).
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        output.status.success(),
+        "`ip {}` failed (this test needs root and iproute2): {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Creates the network namespace `name` joined to this one by the veth pair
+/// `host_if`/`peer_if`: the peer end moves into the namespace with address `inside_cidr`, and it
+/// and the namespace's `lo` come up. The host end is the caller's to address (or put on a bridge)
+/// and bring up.
+pub fn veth_namespace(name: &str, host_if: &str, peer_if: &str, inside_cidr: &str) {
+    ip(&["netns", "add", name]);
+    ip(&["link", "add", host_if, "type", "veth", "peer", "name", peer_if]);
+    ip(&["link", "set", peer_if, "netns", name]);
+    let inside = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", name, "ip"];
+        all.extend_from_slice(args);
+        ip(&all);
+    };
+    inside(&["addr", "add", inside_cidr, "dev", peer_if]);
+    inside(&["link", "set", peer_if, "up"]);
+    inside(&["link", "set", "lo", "up"]);
 }
 
 /// A network namespace joined to this one by a veth pair, removed on drop.
@@ -101,37 +126,9 @@ impl NetNs {
             inside,
             outside,
         };
-        let run = |args: &[&str]| {
-            let output = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                output.status.success(),
-                "`ip {}` failed (this test needs root): {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        run(&["netns", "add", &ns.name]);
-        run(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer_if,
-        ]);
-        run(&["link", "set", &peer_if, "netns", &ns.name]);
-        run(&["addr", "add", &format!("{outside}/30"), "dev", &ns.host_if]);
-        run(&["link", "set", &ns.host_if, "up"]);
-        let exec = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns.name, "ip"];
-            all.extend_from_slice(args);
-            run(&all);
-        };
-        exec(&["addr", "add", &format!("{inside}/30"), "dev", &peer_if]);
-        exec(&["link", "set", &peer_if, "up"]);
-        exec(&["link", "set", "lo", "up"]);
+        veth_namespace(&ns.name, &ns.host_if, &peer_if, &format!("{inside}/30"));
+        ip(&["addr", "add", &format!("{outside}/30"), "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
         ns
     }
 

@@ -130,6 +130,60 @@ async fn wrong_permissions(
     }
     wrong
 }
+/// The control plane's whole job, done with the token it runs under: it leads (its Lease, in
+/// `lease_namespace`, names `holder`), accepts a good RoutingConfig in `namespace` and serves
+/// it, rejects a bad edit, records both as Events, and neither fails a reconcile nor warns.
+/// Returns the good spec.
+async fn does_its_job(
+    cp: &ControlPlane,
+    admin: &kube::Client,
+    lease_namespace: &str,
+    lease_name: &str,
+    holder: &str,
+    namespace: &str,
+) -> Value {
+    cp.wait_leader(K8S_SOON).await;
+    let lease = Api::<Lease>::namespaced(admin.clone(), lease_namespace)
+        .get(lease_name)
+        .await
+        .expect("the control plane created its Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(holder)
+    );
+
+    let rtc = RoutingConfigs::new(admin, namespace);
+    let good = spec(
+        "a",
+        &[("acme", "b")],
+        &[("a", "http://127.0.0.1:9/a"), ("b", "http://127.0.0.1:9/b")],
+    );
+    let uid = rtc.apply("routes", &good).await.uid().expect("uid");
+    let obj = rtc.wait_for_accepted("routes", 1, "True").await;
+    assert_eq!(
+        obj.status
+            .as_ref()
+            .and_then(|s| s.snapshot.as_ref())
+            .map(|s| s.version),
+        Some(1)
+    );
+    rtc.wait_for_event(&uid, "Accepted", &condition_of(&obj, "Accepted").message)
+        .await;
+    cp.wait_served(&rtc.key("routes"), &uid, 1).await;
+
+    let bad = spec("z", &[], &[("a", "http://127.0.0.1:9/a")]);
+    rtc.apply("routes", &bad).await;
+    let obj = rtc.wait_for_accepted("routes", 2, "False").await;
+    rtc.wait_for_event(&uid, "Rejected", &condition_of(&obj, "Accepted").message)
+        .await;
+    assert_eq!(cp.reconciles("error").await, 0.0);
+    assert!(
+        cp.warnings().is_empty(),
+        "the control plane warned: {:?}",
+        cp.warnings()
+    );
+    good
+}
 
 /// A one-hour token for `service_account` from the TokenRequest API, in a kubeconfig in `dir`.
 async fn token_kubeconfig(cluster: &Cluster, service_account: &str, namespace: &str, dir: &Path) -> PathBuf {
@@ -193,46 +247,7 @@ async fn control_plane_works_with_exactly_the_charts_rbac_and_no_more() {
         ..Options::new(&cluster, &namespace, "cp-sa")
     };
     let cp = ControlPlane::start_ready(&options).await;
-    cp.wait_leader(K8S_SOON).await;
-    let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
-        .get(&options.lease_name)
-        .await
-        .expect("the control plane created its Lease");
-    assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity).as_deref(),
-        Some("cp-sa")
-    );
-
-    let rtc = RoutingConfigs::new(&admin, &namespace);
-    let good = spec(
-        "a",
-        &[("acme", "b")],
-        &[("a", "http://127.0.0.1:9/a"), ("b", "http://127.0.0.1:9/b")],
-    );
-    let uid = rtc.apply("routes", &good).await.uid().expect("uid");
-    let obj = rtc.wait_for_accepted("routes", 1, "True").await;
-    assert_eq!(
-        obj.status
-            .as_ref()
-            .and_then(|s| s.snapshot.as_ref())
-            .map(|s| s.version),
-        Some(1)
-    );
-    rtc.wait_for_event(&uid, "Accepted", &condition_of(&obj, "Accepted").message)
-        .await;
-    cp.wait_served(&rtc.key("routes"), &uid, 1).await;
-
-    let bad = spec("z", &[], &[("a", "http://127.0.0.1:9/a")]);
-    rtc.apply("routes", &bad).await;
-    let obj = rtc.wait_for_accepted("routes", 2, "False").await;
-    rtc.wait_for_event(&uid, "Rejected", &condition_of(&obj, "Accepted").message)
-        .await;
-    assert_eq!(cp.reconciles("error").await, 0.0);
-    assert!(
-        cp.warnings().is_empty(),
-        "the control plane warned: {:?}",
-        cp.warnings()
-    );
+    does_its_job(&cp, &admin, &namespace, &options.lease_name, "cp-sa", &namespace).await;
 
     // And the token really cannot do more than that.
     let sa = client_for(&[kubeconfig]).await;
@@ -500,45 +515,7 @@ async fn with_a_watched_namespace_the_control_plane_works_under_a_role_there_and
         ..Options::new(&cluster, &watched, "cp-watched")
     };
     let cp = ControlPlane::start_ready(&options).await;
-    cp.wait_leader(K8S_SOON).await;
-    let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
-        .get(CHART_LEASE_NAME)
-        .await
-        .expect("the control plane created its Lease in the release namespace");
-    assert_eq!(
-        lease.spec.and_then(|s| s.holder_identity).as_deref(),
-        Some("cp-watched")
-    );
-
-    let rtc = RoutingConfigs::new(&admin, &watched);
-    let good = spec(
-        "a",
-        &[("acme", "b")],
-        &[("a", "http://127.0.0.1:9/a"), ("b", "http://127.0.0.1:9/b")],
-    );
-    let uid = rtc.apply("routes", &good).await.uid().expect("uid");
-    let obj = rtc.wait_for_accepted("routes", 1, "True").await;
-    assert_eq!(
-        obj.status
-            .as_ref()
-            .and_then(|s| s.snapshot.as_ref())
-            .map(|s| s.version),
-        Some(1)
-    );
-    rtc.wait_for_event(&uid, "Accepted", &condition_of(&obj, "Accepted").message)
-        .await;
-    cp.wait_served(&rtc.key("routes"), &uid, 1).await;
-    let bad = spec("z", &[], &[("a", "http://127.0.0.1:9/a")]);
-    rtc.apply("routes", &bad).await;
-    let obj = rtc.wait_for_accepted("routes", 2, "False").await;
-    rtc.wait_for_event(&uid, "Rejected", &condition_of(&obj, "Accepted").message)
-        .await;
-    assert_eq!(cp.reconciles("error").await, 0.0);
-    assert!(
-        cp.warnings().is_empty(),
-        "the control plane warned: {:?}",
-        cp.warnings()
-    );
+    let good = does_its_job(&cp, &admin, &namespace, CHART_LEASE_NAME, "cp-watched", &watched).await;
 
     // Elsewhere the token is refused: RoutingConfigs of another namespace (or of all), their
     // status, and Events there.

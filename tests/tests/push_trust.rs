@@ -116,19 +116,16 @@ async fn a_poisoned_hash_is_a_protocol_error_and_leaves_no_ghost() {
     let second = routes(&scene.cells).customer("acme", "cell-b");
     let v2 = scene.publish(&second).await;
     real.wait_routes(&[("acme", "cell-b")], SOON).await;
-    eventually("the real dp-x SYNCED at the new version", SOON, || async {
-        let entry = scene
-            .cp
-            .dataplane_as("dp-x", &real_identity)
-            .await
-            .ok_or("not listed")?;
-        if entry["state"] == "SYNCED" && entry["record"]["acked"]["version"] == v2 {
-            Ok(())
-        } else {
-            Err(format!("{entry}"))
-        }
-    })
-    .await;
+    scene
+        .cp
+        .wait_dataplane_as(
+            "dp-x",
+            &real_identity,
+            "the real dp-x SYNCED at the new version",
+            SOON,
+            |e| e["state"] == "SYNCED" && e["record"]["acked"]["version"] == v2,
+        )
+        .await;
     wait_state_metric(&scene, "stale", 0.0).await;
     wait_state_metric(&scene, "synced", 1.0).await;
     assert_eq!(scene.cp.metric("cellroute_connected_data_planes", &[]).await, 1.0);
@@ -146,19 +143,16 @@ async fn a_poisoned_hash_is_a_protocol_error_and_leaves_no_ghost() {
         "{close:?}"
     );
     real.wait_counter("control_plane_sessions_total", 2.0, SOON).await;
-    eventually("the real dp-x SYNCED after its reconnect", SOON, || async {
-        let entry = scene
-            .cp
-            .dataplane_as("dp-x", &real_identity)
-            .await
-            .ok_or("not listed")?;
-        if entry["state"] == "SYNCED" && entry["record"]["acked"]["version"] == v2 {
-            Ok(())
-        } else {
-            Err(format!("{entry}"))
-        }
-    })
-    .await;
+    scene
+        .cp
+        .wait_dataplane_as(
+            "dp-x",
+            &real_identity,
+            "the real dp-x SYNCED after its reconnect",
+            SOON,
+            |e| e["state"] == "SYNCED" && e["record"]["acked"]["version"] == v2,
+        )
+        .await;
     wait_state_metric(&scene, "stale", 0.0).await;
     assert_eq!(scene.cp.metric("cellroute_session_panics_total", &[]).await, 0.0);
     let panics = scene
@@ -201,19 +195,16 @@ async fn identity_comes_from_the_token_not_from_the_hello() {
         .subscribe(&hello("dp-x", OBJECT, &Value::Null, None))
         .await;
     attacker.ack(&sent).await;
-    eventually("the attacker's own record to be SYNCED", SOON, || async {
-        let entry = scene
-            .cp
-            .dataplane_as("dp-x", &other_identity)
-            .await
-            .ok_or("not listed")?;
-        if entry["state"] == "SYNCED" {
-            Ok(())
-        } else {
-            Err(format!("{entry}"))
-        }
-    })
-    .await;
+    scene
+        .cp
+        .wait_dataplane_as(
+            "dp-x",
+            &other_identity,
+            "the attacker's own record to be SYNCED",
+            SOON,
+            |e| e["state"] == "SYNCED",
+        )
+        .await;
     let entry = scene
         .cp
         .dataplane_as("dp-x", &real_identity)
@@ -236,19 +227,16 @@ async fn identity_comes_from_the_token_not_from_the_hello() {
     let welcome = mover.expect("welcome").await;
     assert_eq!(welcome["up_to_date"], false, "{welcome}");
     assert_eq!(mover.expect("missing").await["reason"], "not_found");
-    eventually("the attacker's record to follow its own hello", SOON, || async {
-        let entry = scene
-            .cp
-            .dataplane_as("dp-x", &other_identity)
-            .await
-            .ok_or("not listed")?;
-        if entry["routing_config"] == "default/other" {
-            Ok(())
-        } else {
-            Err(format!("{entry}"))
-        }
-    })
-    .await;
+    scene
+        .cp
+        .wait_dataplane_as(
+            "dp-x",
+            &other_identity,
+            "the attacker's record to follow its own hello",
+            SOON,
+            |e| e["routing_config"] == "default/other",
+        )
+        .await;
     let entry = scene
         .cp
         .dataplane_as("dp-x", &real_identity)

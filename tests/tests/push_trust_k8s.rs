@@ -125,17 +125,13 @@ async fn records_are_keyed_by_service_account_and_pod_not_by_the_hello() {
         .await;
     impostor.nack(&sent, "refused by the impostor").await;
     let impostor_identity = identity(&ns_a, None);
-    eventually("the impostor's own record to be REJECTED", K8S_SOON, || async {
-        let entry = cp
-            .dataplane_as(POD, &impostor_identity)
-            .await
-            .ok_or("not listed")?;
-        if entry["state"] == "REJECTED" {
-            Ok(())
-        } else {
-            Err(format!("{entry}"))
-        }
-    })
+    cp.wait_dataplane_as(
+        POD,
+        &impostor_identity,
+        "the impostor's own record to be REJECTED",
+        K8S_SOON,
+        |e| e["state"] == "REJECTED",
+    )
     .await;
     let entry = cp
         .dataplane_as(POD, &real_identity)

@@ -17,9 +17,10 @@ use super::headers::{self, Peer};
 use super::tunnel;
 use crate::metrics::{Metrics, ProxyError};
 use crate::state::SharedState;
+use crate::tls::CaError;
 use crate::upstream::WorkerUpstream;
 use crate::upstream::body::UpstreamBody;
-use crate::upstream::connect::{Connector, UpstreamCaError};
+use crate::upstream::connect::Connector;
 use crate::upstream::pool::Pools;
 
 /// Body of every proxy response: the cell's body streamed through, or a short local one.
@@ -49,11 +50,7 @@ pub struct ProxyContext {
 
 impl ProxyContext {
     /// The shared part of the proxy. Fails when `--upstream-ca` cannot be read.
-    pub fn new(
-        state: Arc<SharedState>,
-        metrics: Arc<Metrics>,
-        settings: &Settings,
-    ) -> Result<Self, UpstreamCaError> {
+    pub fn new(state: Arc<SharedState>, metrics: Arc<Metrics>, settings: &Settings) -> Result<Self, CaError> {
         let connector = Connector::new(settings.connect_timeout, settings.upstream_ca.as_deref())?;
         Ok(Self {
             state,

@@ -8,11 +8,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
+
+use crate::tls::{self, CaError};
 
 /// ALPN identifiers (RFC 7301).
 const ALPN_H2: &[u8] = b"h2";
@@ -62,14 +64,6 @@ pub enum ConnectError {
     ServerName(String),
 }
 
-/// Why the upstream TLS settings could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot use --upstream-ca {path}: {why}")]
-pub struct UpstreamCaError {
-    path: String,
-    why: String,
-}
-
 /// How connections to cells are opened; shared by every worker.
 pub struct Connector {
     connect_timeout: Duration,
@@ -90,7 +84,7 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// Connections time out after `connect_timeout`; TLS trusts the system's roots and the CAs
     /// in `extra_ca` (PEM), if given.
-    pub fn new(connect_timeout: Duration, extra_ca: Option<&Path>) -> Result<Self, UpstreamCaError> {
+    pub fn new(connect_timeout: Duration, extra_ca: Option<&Path>) -> Result<Self, CaError> {
         let base = client_config(extra_ca)?;
         let with_alpn = |protocols: &[&[u8]]| {
             let mut config = base.clone();
@@ -152,40 +146,13 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, ConnectError> {
     ServerName::try_from(host.to_owned()).map_err(|_| ConnectError::ServerName(host.to_owned()))
 }
 
-fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, UpstreamCaError> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = extra_ca {
-        let fail = |why: String| UpstreamCaError {
-            path: path.display().to_string(),
-            why,
-        };
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| fail(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(fail("no certificate found".to_owned()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| fail(e.to_string()))?;
-        }
-    }
+fn client_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, CaError> {
+    const FLAG: &str = "--upstream-ca";
+    let roots = tls::root_store(FLAG, extra_ca)?;
     if roots.is_empty() {
         tracing::warn!(
             "no system root certificates found; https cells are trusted only through --upstream-ca"
         );
     }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamCaError {
-                path: String::new(),
-                why: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(config)
+    tls::client_config(FLAG, roots)
 }

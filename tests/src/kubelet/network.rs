@@ -18,17 +18,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// Runs `ip ARGS...`, which must succeed.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "`ip {}` failed (the kubelet harness needs root and iproute2): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use crate::fault::{ip, veth_namespace};
 
+/// Runs `ip ARGS...`, which must succeed.
 fn ip_output(args: &[&str]) -> String {
     let out = Command::new("ip").args(args).output().expect("run ip");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -110,28 +102,9 @@ impl PodNetwork {
             addr,
             etc,
         };
-        ip(&["netns", "add", &pod.name]);
-        ip(&[
-            "link",
-            "add",
-            &pod.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer_if,
-        ]);
-        ip(&["link", "set", &peer_if, "netns", &pod.name]);
+        veth_namespace(&pod.name, &pod.host_if, &peer_if, &format!("{addr}/24"));
         ip(&["link", "set", &pod.host_if, "master", &self.bridge]);
         ip(&["link", "set", &pod.host_if, "up"]);
-        let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &pod.name, "ip"];
-            all.extend_from_slice(args);
-            ip(&all);
-        };
-        inside(&["addr", "add", &format!("{addr}/24"), "dev", &peer_if]);
-        inside(&["link", "set", &peer_if, "up"]);
-        inside(&["link", "set", "lo", "up"]);
         pod
     }
 }
