@@ -14,26 +14,53 @@ const CELLS: [&str; 2] = ["cell-a", "cell-b"];
 const ID: &str = "dp-1";
 /// The file parser's node budget (routing-model) caps a file at about 125k customers.
 const CUSTOMERS: usize = 120_000;
-/// Short on both sides (the default is 1 s / 4 s), so an apply that blocked the session loop
-/// would end it; long enough that a loaded 2-core machine does not miss a beat for other
-/// reasons.
-const HEARTBEAT: &str = "200ms";
-const HEARTBEAT_TIMEOUT: &str = "1s";
-const TIMEOUT: Duration = Duration::from_secs(1);
+/// The shortest heartbeat timeout the test uses: below it a loaded 2-core machine may miss a
+/// beat for other reasons.
+const MIN_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A customer id long enough that every customer costs more to move, decode, hash and index.
 fn customer(i: usize) -> String {
     format!("customer-{i:0>50}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_apply_keeps_the_session() {
-    let cells = Scene::cells(&CELLS).await;
-    let mut big = Table::new(&cells, &CELLS, "cell-a").customer("acme", "cell-b");
+/// `acme` and the long-named customers, all on cell-b, over `cells`.
+fn big_table(cells: &cellroute_tests::fixture::Cells) -> Table {
+    let mut big = Table::new(cells, &CELLS, "cell-a").customer("acme", "cell-b");
     for i in 0..CUSTOMERS {
         big = big.customer(&customer(i), "cell-b");
     }
-    let beat = ["--heartbeat", HEARTBEAT, "--heartbeat-timeout", HEARTBEAT_TIMEOUT];
+    big
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_apply_keeps_the_session() {
+    // How long this machine takes to receive, decode and apply the table, with the default
+    // heartbeats: the heartbeat timeout below is a third of it (so the apply outlasts it on any
+    // machine), short on both sides, so an apply that blocked the session loop would end it.
+    let apply = {
+        let cells = Scene::cells(&CELLS).await;
+        let big = big_table(&cells);
+        let scene = Scene::start(cells, &big, &[]).await;
+        let v1 = scene.cp.wait_served(&big).await;
+        warm_up(&scene).await;
+        let dp = scene.follower(ID, None, &[]).await;
+        scene
+            .cp
+            .wait_state(&[ID], "SYNCED", Some(v1), Duration::from_secs(120))
+            .await;
+        apply_time(&dp)
+    };
+    let timeout = (apply / 3).max(MIN_TIMEOUT);
+    let heartbeat = format!("{}ms", (timeout / 5).as_millis());
+    let heartbeat_timeout = format!("{}ms", timeout.as_millis());
+    let beat = [
+        "--heartbeat",
+        heartbeat.as_str(),
+        "--heartbeat-timeout",
+        heartbeat_timeout.as_str(),
+    ];
+    let cells = Scene::cells(&CELLS).await;
+    let big = big_table(&cells);
     let scene = Scene::start(cells, &big, &beat).await;
     let v1 = scene.cp.wait_served(&big).await;
     warm_up(&scene).await;
@@ -45,7 +72,7 @@ async fn a_large_apply_keeps_the_session() {
         .wait_state(&[ID], "SYNCED", Some(v1), Duration::from_secs(120))
         .await;
     eprintln!(
-        "{CUSTOMERS} customers: SYNCED {:?} after the data plane started",
+        "{CUSTOMERS} customers: SYNCED {:?} after the data plane started (heartbeat timeout {timeout:?}, calibrated on an apply of {apply:?})",
         started.elapsed()
     );
     dp.wait_routes(&[("acme", "cell-b"), (&customer(12_345), "cell-b")], SOON)
@@ -54,25 +81,10 @@ async fn a_large_apply_keeps_the_session() {
     // Receiving, decoding and applying the snapshot has to outlast the heartbeat timeout well,
     // or this test proves nothing: measured on the data plane's own clock, from the session
     // opening to the table applied.
-    let at = |message: &str| {
-        let record = dp
-            .dp
-            .logs()
-            .records()
-            .into_iter()
-            .find(|r| {
-                r["message"] == message && (message != "config applied" || r["source"] == "control-plane")
-            })
-            .unwrap_or_else(|| panic!("no `{message}` log line"));
-        let stamp = record["timestamp"].as_str().unwrap_or_default();
-        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("timestamp {stamp:?}: {e}"))
-    };
-    let busy = at("config applied")
-        .duration_since(at("connected to the control plane"))
-        .unwrap_or_default();
+    let busy = apply_time(&dp);
     assert!(
-        busy > TIMEOUT * 3 / 2,
-        "the apply took {busy:?}, not well over the heartbeat timeout {TIMEOUT:?}: make the table larger"
+        busy > timeout * 3 / 2,
+        "the apply took {busy:?}, not well over the heartbeat timeout {timeout:?}: make the table larger"
     );
     assert_eq!(
         dp.counter("control_plane_sessions_total").await,
@@ -93,6 +105,27 @@ async fn a_large_apply_keeps_the_session() {
         0,
         "the control plane timed the data plane out"
     );
+}
+
+/// From the data plane's session opening to the pushed table applied, on its own clock (its
+/// log's timestamps).
+fn apply_time(dp: &cellroute_tests::push::Follower) -> Duration {
+    let at = |message: &str| {
+        let record = dp
+            .dp
+            .logs()
+            .records()
+            .into_iter()
+            .find(|r| {
+                r["message"] == message && (message != "config applied" || r["source"] == "control-plane")
+            })
+            .unwrap_or_else(|| panic!("no `{message}` log line"));
+        let stamp = record["timestamp"].as_str().unwrap_or_default();
+        humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("timestamp {stamp:?}: {e}"))
+    };
+    at("config applied")
+        .duration_since(at("connected to the control plane"))
+        .unwrap_or_default()
 }
 
 /// Has the control plane encode the served snapshot before the data plane connects.
