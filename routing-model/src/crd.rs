@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::manifest::RoutingConfig;
+pub use crate::manifest::{RoutingConfig, RoutingShard};
 
 /// Condition type: whether the control plane accepted the object's current generation.
 pub const CONDITION_ACCEPTED: &str = "Accepted";
@@ -19,6 +19,9 @@ pub const CONDITION_ACCEPTED: &str = "Accepted";
 /// data plane applied it. `True` only then, so `kubectl wait --for=condition=Synced` returns
 /// once the fleet runs what was last applied; a rejected generation is never `Synced`.
 pub const CONDITION_SYNCED: &str = "Synced";
+/// Condition type of a RoutingShard: whether its current generation is part of the routing table
+/// being served.
+pub const CONDITION_SERVED: &str = "Served";
 
 /// What the control plane decided about a RoutingConfig, and how far the fleet got.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -63,6 +66,39 @@ pub struct SnapshotStatus {
     /// signature is its own, so whoever can patch the status cannot choose what is served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_spec_signature: Option<String>,
+}
+
+/// What the control plane decided about a RoutingShard: whether its current generation is part
+/// of the routing table being served, and what of it that table holds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingShardStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Served`: whether the current generation is part of the routing table being served, and
+    /// if not why (its own errors, a customer another object of the table also assigns, another
+    /// object's errors, or no RoutingConfig of the label's name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// Customers the current generation assigns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customers: Option<i64>,
+    /// Version of the served routing table that holds this shard (at `servedGeneration`);
+    /// absent when the served table does not hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Which generation of this shard the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_generation: Option<i64>,
+    /// The customers of `servedGeneration` (gzip, then base64, of their JSON), present only while
+    /// the current generation is not the served one, so that any control-plane replica can
+    /// rebuild the served table. A replica serves what it rebuilds only when it hashes to the
+    /// signed `status.snapshot` of the RoutingConfig, so this record needs no signature of its
+    /// own. Left out when too large to keep beside the shard's own spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_spec: Option<String>,
 }
 
 /// Counts of subscribed data planes.
