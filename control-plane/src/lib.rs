@@ -11,7 +11,9 @@
 //! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
 //! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
 //! - [`inject`]: the sidecar injector, a mutating admission webhook on its own HTTPS listener;
-//! - [`metrics`], [`cli`], [`crd`] (the generated CRD), [`run`] (wiring and shutdown).
+//! - [`split`] and [`split_cmd`]: `control-plane split`, one large routing file into a
+//!   RoutingConfig and RoutingShards that `kubectl apply` accepts;
+//! - [`metrics`], [`cli`], [`crd`] (the generated CRDs), [`run`] (wiring and shutdown).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -28,6 +30,8 @@ pub mod run;
 pub mod served_spec;
 pub mod snapshot;
 pub mod source;
+pub mod split;
+pub mod split_cmd;
 pub mod status;
 pub mod status_key;
 pub mod tls;

@@ -24,6 +24,7 @@
 //!   that is not on loopback;
 //! - [`scripted_cp`]: the server side of the snapshot protocol, sending what a data-plane test
 //!   says (bursts, refusable snapshots) where the real control plane never would;
+//! - [`split`]: large routing files and the real `control-plane split`;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
@@ -56,5 +57,6 @@ pub mod push;
 pub mod push_k8s;
 pub mod relay;
 pub mod scripted_cp;
+pub mod split;
 pub mod wait;
 pub mod ws;
