@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod push;
 pub mod run;
 pub mod served_spec;
+pub mod shard_status;
 pub mod snapshot;
 pub mod source;
 pub mod split;

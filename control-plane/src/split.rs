@@ -70,8 +70,10 @@ pub enum SplitError {
     /// The manifest has no name to name the shards after.
     #[error("metadata.name is missing: the shards are named after the RoutingConfig (NAME-0000, ...)")]
     NoName,
-    /// The shard names would not be Kubernetes names.
-    #[error("metadata.name `{0}` is too long to name shards after (at most 240 characters)")]
+    /// The name cannot be a label value (at most 63 characters), so no shard could join it.
+    #[error(
+        "metadata.name `{0}` is over 63 characters: shards join their RoutingConfig by the label cellroute.dev/routing-config, and a label value is at most 63 characters"
+    )]
     NameTooLong(String),
     /// One customer alone is larger than a shard may be.
     #[error("customer `{customer}` alone needs {bytes} bytes, over the --shard-bytes limit of {limit}")]
@@ -163,7 +165,7 @@ pub fn plan(source: &Source<'_>, limits: Limits) -> Result<Plan, SplitError> {
     if source.name.is_empty() {
         return Err(SplitError::NoName);
     }
-    if source.name.len() > 240 {
+    if source.name.len() > 63 {
         return Err(SplitError::NameTooLong(source.name.to_owned()));
     }
     let customers = &source.spec.customer_to_placement;

@@ -59,6 +59,9 @@ pub enum Member {
 pub struct MemberError {
     /// Which object.
     pub member: Member,
+    /// True for a customer another object of the table also assigns; false for a rule the
+    /// object breaks on its own.
+    pub conflict: bool,
     /// `RoutingShard ns/name`, as messages name it.
     pub object: String,
     /// Path of the offending key in that object, such as `spec.customerToPlacement.acme`.
@@ -125,6 +128,7 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
     let at = |member: &Member, errors: &mut Vec<MemberError>, e: ValidationError| {
         errors.push(MemberError {
             member: member.clone(),
+            conflict: false,
             object: members.object(member),
             field: e.field,
             message: e.message,
@@ -188,22 +192,15 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
                             "customer `{customer}` is also assigned by {other}: a customer belongs to one object of the table; remove it from one of them"
                         )
                     };
-                    at(
-                        first_member,
-                        &mut errors,
-                        ValidationError {
+                    for (m, other) in [(first_member, &here), (member, &there)] {
+                        errors.push(MemberError {
+                            member: m.clone(),
+                            conflict: true,
+                            object: members.object(m),
                             field: field.clone(),
-                            message: message(&here),
-                        },
-                    );
-                    at(
-                        member,
-                        &mut errors,
-                        ValidationError {
-                            field: field.clone(),
-                            message: message(&there),
-                        },
-                    );
+                            message: message(other),
+                        });
+                    }
                 }
             }
         }
@@ -336,6 +333,7 @@ mod tests {
             "{on_b:?}"
         );
         assert_eq!(about(&Member::Config).len(), 1);
+        assert!(errors.0.iter().all(|e| e.conflict));
         // Whatever order the shards are listed in, the same errors.
         let again = compose(&members(&spec, &[("routes-a", &a), ("routes-b", &b)])).unwrap_err();
         assert_eq!(again, errors);

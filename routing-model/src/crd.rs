@@ -43,29 +43,44 @@ pub struct RoutingConfigStatus {
     /// Data planes subscribed to this RoutingConfig, across all control-plane replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_planes: Option<DataPlanesStatus>,
+    /// RoutingShards labelled for this RoutingConfig now (whether or not the served table holds
+    /// them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i64>,
 }
 
-/// Identity of the snapshot being served.
+/// Identity of the routing table being served: this RoutingConfig with its RoutingShards.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotStatus {
-    /// The object generation the snapshot was built from; never goes backwards for one object.
+    /// The version of the served table. It rises with every accepted change of this
+    /// RoutingConfig or of any of its shards (a shard added, edited or deleted), and never goes
+    /// backwards; for a RoutingConfig without shards it is the generation served.
     pub version: i64,
-    /// Content hash of the spec (`sha256:<hex>`); equal hashes route identically.
+    /// Content hash of the served table (`sha256:<hex>`); equal hashes route identically.
     pub hash: String,
     /// When this version was accepted.
     pub accepted_at: Time,
-    /// The served spec (gzip, then base64, of its JSON), present only while the object's current
-    /// generation is not the served one (rejected). It lets any control-plane replica, including
-    /// one started after the rejection, keep serving the last valid version.
+    /// Which generation of this RoutingConfig the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// How many RoutingShards the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i64>,
+    /// `hmac-sha256:<key id>:<mac>`: the control plane's signature over this object's
+    /// namespace, name, uid, `version`, `hash` and `generation`, with a key kept in a Secret of
+    /// the control plane's namespace. It is how the leader hands a version to the other replicas
+    /// and to its successors: a replica serves a version only with this signature, so whoever can
+    /// patch the status can neither choose what is served nor move the version line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// This RoutingConfig's own spec at `generation` (gzip, then base64, of its JSON), present
+    /// only while its current generation is not the served one (the table is refused). With the
+    /// shards' own records it lets any control-plane replica, including one started after the
+    /// refusal, rebuild and keep serving the last valid table. Left out when too large to keep
+    /// beside the object's own spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_spec: Option<String>,
-    /// Present with `servedSpec`: `hmac-sha256:<key id>:<mac>`, the control plane's signature
-    /// over this object's namespace, name, uid, this `version` and `hash`, with a key kept in a
-    /// Secret of the control plane's namespace. A replica recovers `servedSpec` only when the
-    /// signature is its own, so whoever can patch the status cannot choose what is served.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_spec_signature: Option<String>,
 }
 
 /// What the control plane decided about a RoutingShard: whether its current generation is part
@@ -85,8 +100,9 @@ pub struct RoutingShardStatus {
     /// Customers the current generation assigns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customers: Option<i64>,
-    /// Version of the served routing table that holds this shard (at `servedGeneration`);
-    /// absent when the served table does not hold it.
+    /// The first version of the served routing table that held this shard at
+    /// `servedGeneration` (a later version that changed only other objects does not move it);
+    /// absent when the served table does not hold this shard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<i64>,
     /// Which generation of this shard the served table holds.
@@ -206,7 +222,7 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Accepted", "Version", "Synced", "Age"]);
+        assert_eq!(columns, ["Accepted", "Version", "Synced", "Shards", "Age"]);
         assert!(
             version
                 .subresources

@@ -81,7 +81,7 @@ pub struct ObjectMeta {
         printcolumn(
             name = "Version",
             type_ = "integer",
-            description = "Generation of the snapshot being served",
+            description = "Version of the routing table being served (rises with every accepted change of the RoutingConfig or its shards)",
             json_path = ".status.snapshot.version"
         ),
         printcolumn(
@@ -89,6 +89,12 @@ pub struct ObjectMeta {
             type_ = "string",
             description = "Data planes that applied the served version / data planes connected",
             json_path = ".status.dataPlanes.summary"
+        ),
+        printcolumn(
+            name = "Shards",
+            type_ = "integer",
+            description = "RoutingShards labelled for this RoutingConfig",
+            json_path = ".status.shards"
         ),
         printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     )
@@ -183,7 +189,7 @@ fn default_customer_header() -> String {
         printcolumn(
             name = "Version",
             type_ = "integer",
-            description = "Version of the served routing table that holds this shard",
+            description = "First version of the served routing table that holds this shard as it is served",
             json_path = ".status.version"
         ),
         printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),

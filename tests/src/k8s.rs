@@ -783,7 +783,7 @@ pub fn edit(text: &str, edits: &[(&str, &str)]) -> String {
 }
 
 /// The row of `kubectl get rtc NAME -n NAMESPACE`, as columns: NAME, ACCEPTED, VERSION, SYNCED
-/// (AGE left out).
+/// (SHARDS and AGE left out).
 pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
     let table = cluster
         .kubectl_ok(&["get", "rtc", name, "-n", namespace], None)
@@ -792,7 +792,7 @@ pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<Stri
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"],
+        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"],
         "{table}"
     );
     let row: Vec<String> = lines
@@ -801,6 +801,6 @@ pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<Stri
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    assert_eq!(row.len(), 5, "{table}");
+    assert_eq!(row.len(), 6, "{table}");
     row[..4].to_vec()
 }

@@ -742,7 +742,10 @@ async fn helm_installs_upgrades_and_keeps_the_crd() {
         .expect("JSON")
     };
     let stored = get_crd().await;
-    assert_eq!(columns(&stored), ["Accepted", "Version", "Synced", "Age"]);
+    assert_eq!(
+        columns(&stored),
+        ["Accepted", "Version", "Synced", "Shards", "Age"]
+    );
     assert_eq!(
         stored["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
