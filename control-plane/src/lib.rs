@@ -1,13 +1,15 @@
 //! The cellroute control plane.
 //!
-//! It validates RoutingConfigs with the shared `routing-model` rules and keeps, per object, the
-//! last valid snapshot to serve. One module per concern:
+//! It validates RoutingConfigs (each with the RoutingShards labelled for it: one table) with the
+//! shared `routing-model` rules and keeps, per table, the last valid snapshot to serve. One module per concern:
 //! - [`source`]: where RoutingConfigs come from (Kubernetes, or a file) behind one trait;
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
-//! - [`status`]: what an object's status should say, as a pure function;
+//! - [`status`] and [`shard_status`]: what a RoutingConfig's and a RoutingShard's status should
+//!   say, as pure functions;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
-//! - [`served_spec`] and [`status_key`]: the last valid spec recorded in the status, signed, so a
-//!   replica recovers only what this control plane accepted;
+//! - [`served_spec`] and [`status_key`]: the record of the served table in the status, signed,
+//!   so every replica serves it under the same version and recovers only what this control plane
+//!   accepted;
 //! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
 //! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
 //! - [`inject`]: the sidecar injector, a mutating admission webhook on its own HTTPS listener;

@@ -13,6 +13,10 @@
 //! `observedGeneration` reaches `metadata.generation` and its status matches) therefore returns
 //! only once the current generation is served and every subscribed data plane applied it; a
 //! rejected generation is `Synced=False`, never the older served version's `True`.
+//!
+//! "The current generation" is the RoutingConfig's generation with the RoutingShards labelled
+//! for it now: a shard edit can refuse or serve a new table without a new generation of the
+//! RoutingConfig, so the `Accepted` message names the version served, and a new one is an Event.
 
 use std::time::SystemTime;
 

@@ -10,7 +10,9 @@
 //! - an invalid shard refuses the table, naming the shard and key; a replica started meanwhile
 //!   rebuilds the served table from the statuses and serves it;
 //! - a deleted shard is a new version, its customers go to the default placement; a shard whose
-//!   RoutingConfig does not exist says so.
+//!   RoutingConfig does not exist says so;
+//! - two replicas serve one version line (the follower serves what the leader recorded), and a
+//!   new replica with nothing in memory continues it from the signed record, past a deletion.
 //!
 //! They need the API server that `scripts/test` starts, and fail without it.
 
@@ -659,4 +661,83 @@ async fn a_deleted_shard_is_a_new_version_whose_customers_go_to_the_default_plac
     s.apply_manifest("stray.json", &stray).await;
     s.wait_shard("stray-0", "True", "Served").await;
     s.dp.wait_routes(&[("wayne", "tier2")], K8S_SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_serve_one_version_line_and_a_successor_continues_it() {
+    let mut s = Scene::start("shards-replicas").await;
+    s.cp.wait_leader(K8S_SOON).await;
+    let follower = start_cp(&s.cluster, &s.namespace, "cp-1").await;
+    assert!(
+        !follower.is_leader().await,
+        "cp-1 leads while cp-0 holds the Lease"
+    );
+    let dp1 = follow(&follower.url(), &s.rtc.key(NAME), "dp-1", &s.token, s.dir.path()).await;
+    s.apply_manifest("a.json", &s.shard("routes-a", &[("acme", "tier2")]))
+        .await;
+    s.apply_manifest("b.json", &s.shard("routes-b", &[("hooli", "tier3")]))
+        .await;
+    s.apply_manifest("config.json", &s.config(&[])).await;
+    s.wait_applied(3).await;
+    let uid = uid(&s.rtc.get(NAME).await);
+
+    // Each change: the follower serves the version the leader recorded, for the same table, so a
+    // data plane sees one version line whichever replica it is connected to.
+    let on_both = |version: i64| {
+        let (s, follower, dp1, uid) = (&s, &follower, &dp1, &uid);
+        async move {
+            let config = s.wait_applied(version).await;
+            let entry = follower.wait_served(&s.rtc.key(NAME), uid, version).await;
+            assert_eq!(entry["served"]["hash"], config["hash"], "{entry}");
+            eventually(&format!("dp-1 to apply version {version}"), K8S_SOON, || async {
+                let c = dp1.config().await;
+                if c["snapshot"]["version"] == version && c["hash"] == config["hash"] {
+                    Ok(())
+                } else {
+                    Err(c["snapshot"].to_string())
+                }
+            })
+            .await;
+        }
+    };
+    for (i, cell) in ["tier3", "tier2"].iter().enumerate() {
+        s.apply_manifest(
+            "a.json",
+            &s.shard("routes-a", &[("acme", cell), ("globex", "tier2")]),
+        )
+        .await;
+        on_both(4 + i as i64).await;
+    }
+    // A deleted shard: version 6, though the generations left add up to 4.
+    s.cluster
+        .kubectl_ok(&["delete", "rts", "routes-b", "-n", &s.namespace], None)
+        .await;
+    on_both(6).await;
+
+    // Both replicas go; a new one, with nothing in memory, takes over the follower's address and
+    // continues the line from the signed record (the generations alone would give 5, older than
+    // what data planes run, which they would refuse).
+    s.cp.stop().await;
+    let mut follower = follower;
+    let addr = follower.addr();
+    follower.stop().await;
+    let successor = ControlPlane::start_on(
+        &Options::new(&s.cluster, &s.namespace, "cp-2"),
+        addr,
+        &["--lease-duration", "3"],
+    )
+    .await;
+    successor.wait_leader(K8S_SOON).await;
+    successor.wait_served(&s.rtc.key(NAME), &uid, 6).await;
+    s.apply_manifest(
+        "a.json",
+        &s.shard("routes-a", &[("acme", "tier1"), ("globex", "tier2")]),
+    )
+    .await;
+    successor.wait_served(&s.rtc.key(NAME), &uid, 7).await;
+    dp1.wait_routes(&[("acme", "tier1"), ("hooli", "tier1")], K8S_SOON)
+        .await;
+    assert_eq!(dp1.config().await["snapshot"]["version"], 7);
+    assert_eq!(dp1.counter("cellroute_snapshot_nacks_total").await, 0.0);
+    s.cp = successor;
 }
