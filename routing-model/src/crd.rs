@@ -136,8 +136,30 @@ pub struct DataPlanesStatus {
     /// replica writes only its own key (a merge patch of that key alone), so replicas never
     /// overwrite each other; the status writer sums the entries of live replicas into the
     /// totals above.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "replicas_map"
+    )]
     pub replicas: BTreeMap<String, ReplicaReport>,
+}
+
+/// `status.dataPlanes.replicas` as a map; the list control planes before RoutingShards wrote reads as
+/// empty (each replica rewrites its own entry within a tick), so an object with an old status
+/// never stops the watch.
+fn replicas_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, ReplicaReport>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Map(BTreeMap<String, ReplicaReport>),
+        Legacy(
+            #[expect(dead_code, reason = "only the shape of an old list matters")] Vec<serde::de::IgnoredAny>,
+        ),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Map(map) => map,
+        Either::Legacy(_) => BTreeMap::new(),
+    })
 }
 
 /// One control-plane replica's view of the data planes subscribed to a RoutingConfig.
@@ -206,6 +228,22 @@ mod tests {
         let err = format!("{:?}", obj.validate_cel().unwrap_err());
         assert!(err.contains("customer-placements-have-endpoints"), "{err}");
         assert!(!err.contains("default-placement-has-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn an_old_status_with_replicas_as_a_list_still_reads() {
+        let old = serde_json::json!({
+            "connected": 1, "synced": 1, "rejected": 0, "summary": "1/1",
+            "replicas": [{"replica": "cp-0", "connected": 1, "synced": 1, "rejected": 0}],
+        });
+        let read: DataPlanesStatus = serde_json::from_value(old).unwrap();
+        assert!(read.replicas.is_empty());
+        let new = serde_json::json!({
+            "connected": 1, "synced": 1, "rejected": 0, "summary": "1/1",
+            "replicas": {"cp-0": {"connected": 1, "synced": 1, "rejected": 0}},
+        });
+        let read: DataPlanesStatus = serde_json::from_value(new).unwrap();
+        assert_eq!(read.replicas["cp-0"].connected, 1);
     }
 
     #[test]
