@@ -95,13 +95,33 @@ struct Ctx {
     configs: Store<RoutingConfig>,
     /// Opened once the shard watch has listed once.
     shards_listed: Readiness,
-    /// Per table, its last composition, reused while no object of it changed.
+    /// What is kept per table between reconciles.
+    tables: Arc<PerTable>,
+}
+
+/// What is kept per table between reconciles; forgotten when its RoutingConfig is deleted.
+#[derive(Default)]
+struct PerTable {
+    /// Its last composition, reused while no object of it changed.
     compositions: Mutex<HashMap<ObjectKey, Arc<reconcile::Composed>>>,
-    /// Per table, since when a new table waits for its objects to settle.
+    /// Since when a new table waits for its objects to settle.
     pending: Mutex<HashMap<ObjectKey, std::time::Instant>>,
-    /// Per object, the fingerprint of the last refused record reported, so each forgery is
-    /// reported once rather than on every resync.
+    /// The fingerprint of the last refused record reported, so each forgery is reported once
+    /// rather than on every resync.
     refused: Mutex<HashMap<ObjectKey, [u8; 32]>>,
+}
+
+impl PerTable {
+    fn forget(&self, key: &ObjectKey) {
+        fn remove<V>(map: &Mutex<HashMap<ObjectKey, V>>, key: &ObjectKey) {
+            map.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(key);
+        }
+        remove(&self.compositions, key);
+        remove(&self.pending, key);
+        remove(&self.refused, key);
+    }
 }
 
 impl ConfigSource for KubernetesSource {
@@ -117,7 +137,8 @@ impl ConfigSource for KubernetesSource {
             let listed = Listed::new(sctx.ready.clone());
             let shards_listed = Readiness::default();
             let (reader, writer) = reflector::store();
-            let on_event = event_hook(reader.clone(), sctx.store.clone(), listed.clone());
+            let tables = Arc::new(PerTable::default());
+            let on_event = event_hook(reader.clone(), sctx.store.clone(), tables.clone(), listed.clone());
             let stream = watcher(configs_api, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer)
@@ -141,9 +162,7 @@ impl ConfigSource for KubernetesSource {
                 shards: shard_reader.clone(),
                 configs: reader.clone(),
                 shards_listed,
-                compositions: Mutex::default(),
-                pending: Mutex::default(),
-                refused: Mutex::default(),
+                tables,
             });
             let sweeper = tokio::spawn(sweep_loop(
                 self.client.clone(),
@@ -163,9 +182,9 @@ impl ConfigSource for KubernetesSource {
             let orphans = tokio::spawn(shards::orphan_loop(ctx.clone(), sctx.shutdown.clone()));
             let lease_check = Duration::from_secs(self.replica.lease_duration.max(2) / 2);
             let shutdown = sctx.shutdown.clone();
-            let tables = shards::Tables::default();
+            let concerned = shards::Tables::default();
             Controller::for_stream(stream, reader)
-                .watches_stream(shard_stream, move |shard| tables.of(&shard))
+                .watches_stream(shard_stream, move |shard| concerned.of(&shard))
                 .reconcile_all_on(became_leader(self.leader.clone()))
                 .reconcile_all_on(data_planes_changed(self.registry.clone()))
                 // Other replicas' entries change without a new generation, and a crashed
@@ -220,14 +239,16 @@ impl Listed {
 fn event_hook(
     reader: Store<RoutingConfig>,
     store: Arc<SnapshotStore>,
+    tables: Arc<PerTable>,
     listed: Listed,
 ) -> impl FnMut(&watcher::Event<RoutingConfig>) {
     move |event| match event {
         watcher::Event::Delete(obj) => {
-            if let Some(key) = ObjectKey::of(obj)
-                && store.remove(&key)
-            {
-                tracing::info!(target: "audit", object = %key, "RoutingConfig deleted; no longer served (data planes keep their last-known-good table)");
+            if let Some(key) = ObjectKey::of(obj) {
+                tables.forget(&key);
+                if store.remove(&key) {
+                    tracing::info!(target: "audit", object = %key, "RoutingConfig deleted; no longer served (data planes keep their last-known-good table)");
+                }
             }
         }
         watcher::Event::InitDone => {
@@ -236,8 +257,11 @@ fn event_hook(
             let present: BTreeSet<ObjectKey> =
                 reader.state().iter().filter_map(|o| ObjectKey::of(o)).collect();
             for (key, _) in store.list() {
-                if !present.contains(&key) && store.remove(&key) {
-                    tracing::info!(target: "audit", object = %key, "RoutingConfig gone after re-list; no longer served");
+                if !present.contains(&key) {
+                    tables.forget(&key);
+                    if store.remove(&key) {
+                        tracing::info!(target: "audit", object = %key, "RoutingConfig gone after re-list; no longer served");
+                    }
                 }
             }
             listed.done("routingconfigs");

@@ -76,6 +76,7 @@ fn fingerprint(obj: &RoutingConfig, shards: &[Arc<RoutingShard>]) -> Vec<(String
 fn composed(ctx: &Ctx, key: &ObjectKey, obj: &RoutingConfig, shards: &[Arc<RoutingShard>]) -> Arc<Composed> {
     let print = fingerprint(obj, shards);
     let cached = ctx
+        .tables
         .compositions
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -111,7 +112,8 @@ fn composed(ctx: &Ctx, key: &ObjectKey, obj: &RoutingConfig, shards: &[Arc<Routi
         result,
         floor,
     });
-    ctx.compositions
+    ctx.tables
+        .compositions
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .insert(key.clone(), composed.clone());
@@ -328,6 +330,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
 fn settling(ctx: &Ctx, key: &ObjectKey, table: &Composed) -> Option<Duration> {
     let now = Instant::now();
     let mut pending = ctx
+        .tables
         .pending
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -343,7 +346,8 @@ fn settling(ctx: &Ctx, key: &ObjectKey, table: &Composed) -> Option<Duration> {
 
 /// The table of `key` is served as it is: nothing waits.
 fn settled(ctx: &Ctx, key: &ObjectKey) {
-    ctx.pending
+    ctx.tables
+        .pending
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .remove(key);

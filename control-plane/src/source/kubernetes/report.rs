@@ -254,6 +254,7 @@ pub async fn report_untrusted(
 fn first_report(ctx: &Ctx, key: &ObjectKey, recorded: &SnapshotStatus) -> bool {
     let fingerprint: [u8; 32] = Sha256::digest(serde_json::to_vec(recorded).unwrap_or_default()).into();
     let mut refused = ctx
+        .tables
         .refused
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
