@@ -25,6 +25,35 @@ pub enum Command {
     /// Check a RoutingConfig file with the same rules the control plane applies before it serves
     /// a version (validation, and the size of the snapshot message); exit 1 on errors.
     Validate(ValidateArgs),
+    /// Split one large RoutingConfig file into a RoutingConfig and RoutingShards, in a directory
+    /// that `kubectl apply -f DIR` (client-side, the default) accepts; exit 1 on errors.
+    Split(SplitArgs),
+}
+
+/// Flags of `control-plane split`.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// The RoutingConfig file (YAML or JSON), with `metadata.name` (the shards are named after it).
+    pub file: PathBuf,
+
+    /// The directory to write to: created if missing; it may hold only files an earlier split
+    /// wrote, which are replaced.
+    #[arg(short = 'o', long = "output", value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// Largest shard, in bytes of the JSON `kubectl apply` keeps in its last-applied annotation
+    /// (at most 250000: annotations are limited to 262144 bytes).
+    #[arg(long, value_name = "N", default_value_t = crate::split::DEFAULT_SHARD_BYTES)]
+    pub shard_bytes: usize,
+
+    /// Most customers in one shard (the byte limit applies too).
+    #[arg(long, value_name = "N")]
+    pub customers_per_shard: Option<usize>,
+
+    /// Largest accepted input file, in bytes.
+    #[arg(long, default_value_t = 1 << 30,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 32))]
+    pub max_config_bytes: usize,
 }
 
 /// Flags of `control-plane validate`.

@@ -1,17 +1,21 @@
 //! The cellroute control plane.
 //!
-//! It validates RoutingConfigs with the shared `routing-model` rules and keeps, per object, the
-//! last valid snapshot to serve. One module per concern:
+//! It validates RoutingConfigs (each with the RoutingShards labelled for it: one table) with the
+//! shared `routing-model` rules and keeps, per table, the last valid snapshot to serve. One module per concern:
 //! - [`source`]: where RoutingConfigs come from (Kubernetes, or a file) behind one trait;
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
-//! - [`status`]: what an object's status should say, as a pure function;
+//! - [`status`] and [`shard_status`]: what a RoutingConfig's and a RoutingShard's status should
+//!   say, as pure functions;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
-//! - [`served_spec`] and [`status_key`]: the last valid spec recorded in the status, signed, so a
-//!   replica recovers only what this control plane accepted;
+//! - [`served_spec`] and [`status_key`]: the record of the served table in the status, signed,
+//!   so every replica serves it under the same version and recovers only what this control plane
+//!   accepted;
 //! - [`push`]: the WebSocket snapshot push to data planes, with ACK/NACK and auth;
 //! - [`http`]: health, readiness, metrics, debug endpoints and the push endpoint;
 //! - [`inject`]: the sidecar injector, a mutating admission webhook on its own HTTPS listener;
-//! - [`metrics`], [`cli`], [`crd`] (the generated CRD), [`run`] (wiring and shutdown).
+//! - [`split`] and [`split_cmd`]: `control-plane split`, one large routing file into a
+//!   RoutingConfig and RoutingShards that `kubectl apply` accepts;
+//! - [`metrics`], [`cli`], [`crd`] (the generated CRDs), [`run`] (wiring and shutdown).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -26,8 +30,11 @@ pub mod metrics;
 pub mod push;
 pub mod run;
 pub mod served_spec;
+pub mod shard_status;
 pub mod snapshot;
 pub mod source;
+pub mod split;
+pub mod split_cmd;
 pub mod status;
 pub mod status_key;
 pub mod tls;

@@ -11,6 +11,7 @@ use control_plane::cli::{Cli, Command};
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Validate(args) => control_plane::validate_cmd::run(&args),
+        Command::Split(args) => control_plane::split_cmd::run(&args),
         Command::Run(args) => {
             cellroute_telemetry::init(args.log_format, &args.log_level);
             match control_plane::run::run(*args) {

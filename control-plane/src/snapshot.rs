@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use kube::ResourceExt;
-use routing_model::crd::RoutingConfig;
+use routing_model::crd::{RoutingConfig, RoutingShard};
 use routing_model::manifest::RoutingConfigSpec;
 use routing_model::protocol::{DEFAULT_MAX_MESSAGE_BYTES, SnapshotMessageRef, SnapshotRef};
 use routing_model::{ContentHash, ValidatedConfig};
@@ -75,6 +75,43 @@ pub struct Snapshot {
     /// The validated config.
     #[serde(skip)]
     pub config: Arc<ValidatedConfig>,
+    /// In a cluster: the objects the table was composed of, at the generations served.
+    #[serde(skip)]
+    pub members: Option<Arc<ServedMembers>>,
+}
+
+/// The objects a served table was composed of: the RoutingConfig and its RoutingShards, each at
+/// the generation the table holds. The status writer records from them what a replica needs to
+/// rebuild the table while a newer generation of one of them is refused.
+#[derive(Debug, Clone)]
+pub struct ServedMembers {
+    /// The RoutingConfig (its own spec, with its own customers).
+    pub config: Arc<RoutingConfig>,
+    /// The shards, by name, each with the version since which the table holds that generation.
+    pub shards: BTreeMap<String, ServedShard>,
+}
+
+/// One shard of a served table.
+#[derive(Debug, Clone)]
+pub struct ServedShard {
+    /// The shard at the generation served.
+    pub object: Arc<RoutingShard>,
+    /// The first table version that held this generation of it.
+    pub since: i64,
+}
+
+impl ServedMembers {
+    /// The generation of the RoutingConfig the table holds.
+    pub fn config_generation(&self) -> i64 {
+        self.config.metadata.generation.unwrap_or(0)
+    }
+
+    /// The shard `name`, if the table holds the object of `uid`.
+    pub fn shard(&self, name: &str, uid: Option<&str>) -> Option<&ServedShard> {
+        self.shards
+            .get(name)
+            .filter(|s| s.object.metadata.uid.as_deref() == uid)
+    }
 }
 
 impl Snapshot {
@@ -198,6 +235,18 @@ impl SnapshotStore {
         version: i64,
         candidate: Result<ValidatedConfig, String>,
     ) -> Offered {
+        self.offer_table(key, lineage, version, candidate, None)
+    }
+
+    /// [`SnapshotStore::offer`] of a table composed of `members`.
+    pub fn offer_table(
+        &self,
+        key: &ObjectKey,
+        lineage: &str,
+        version: i64,
+        candidate: Result<ValidatedConfig, String>,
+        members: Option<Arc<ServedMembers>>,
+    ) -> Offered {
         // Sizing a large table costs a serialization pass: skip it for what is already served
         // (resyncs re-offer every object), and do it outside the lock.
         if candidate.is_ok() && self.is_stale(key, lineage, version) {
@@ -232,6 +281,7 @@ impl SnapshotStore {
                         hash: config.hash(),
                         accepted_at: SystemTime::now(),
                         config: Arc::new(config),
+                        members,
                     }));
                     state.rejection = None;
                     Offered::Accepted
@@ -259,6 +309,21 @@ impl SnapshotStore {
             self.changed.send_modify(|n| *n += 1);
         }
         outcome
+    }
+
+    /// Forgets the rejection of `key`: its current version is the served one again (a refused
+    /// edit undone).
+    pub fn clear_rejection(&self, key: &ObjectKey) {
+        let cleared = self
+            .objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(key)
+            .and_then(|s| s.rejection.take())
+            .is_some();
+        if cleared {
+            self.changed.send_modify(|n| *n += 1);
+        }
     }
 
     /// Forgets an object (it was deleted). Data planes keep their last-known-good table.

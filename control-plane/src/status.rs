@@ -13,6 +13,10 @@
 //! `observedGeneration` reaches `metadata.generation` and its status matches) therefore returns
 //! only once the current generation is served and every subscribed data plane applied it; a
 //! rejected generation is `Synced=False`, never the older served version's `True`.
+//!
+//! "The current generation" is the RoutingConfig's generation with the RoutingShards labelled
+//! for it now: a shard edit can refuse or serve a new table without a new generation of the
+//! RoutingConfig, so the `Accepted` message names the version served, and a new one is an Event.
 
 use std::time::SystemTime;
 
@@ -22,61 +26,95 @@ use routing_model::crd::{
     CONDITION_ACCEPTED, CONDITION_SYNCED, DataPlaneRejection, DataPlanesStatus, RoutingConfigStatus,
     SnapshotStatus,
 };
+use routing_model::{ContentHash, ValidatedConfig};
 
 use crate::push::registry::Counts;
-use crate::served_spec::ServedRecord;
-use crate::snapshot::ObjectState;
+use crate::served_spec::{TableRecord, bounded_copy};
+use crate::snapshot::{ServedMembers, Snapshot};
 use crate::status_key::StatusKey;
 
 /// Longest condition message written; the full error stays in the logs and `/debug/snapshots`.
 const MAX_MESSAGE: usize = 4096;
 
-/// Largest served spec recorded in the status (gzip, then base64): a status never grows by
-/// more than this, whatever the table's size.
-pub const MAX_RECORDED_SPEC_BYTES: usize = 256 * 1024;
+/// What the RoutingConfig's current table (its current generation with its current shards) is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// It passed every rule (and can be delivered); it is served when the served table has its
+    /// hash.
+    Valid {
+        /// Its content hash.
+        hash: ContentHash,
+    },
+    /// It was refused.
+    Refused {
+        /// `InvalidSpec` (the RoutingConfig itself is at fault, or the table cannot be
+        /// delivered) or `InvalidShards` (only shards are).
+        reason: &'static str,
+        /// Every problem, naming the objects and keys.
+        error: String,
+    },
+}
 
-/// The served spec is recorded only while the object's own spec plus the record stay within
-/// this: an object near the API server's limit (etcd's 1.5 MiB request) must keep room for its
-/// status, or no status write of it would ever succeed.
-pub const RECORDED_SPEC_OBJECT_BUDGET: usize = 1024 * 1024;
+/// The table being served, as the status reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// Its version.
+    pub version: i64,
+    /// Its content hash.
+    pub hash: ContentHash,
+    /// When it was accepted.
+    pub accepted_at: SystemTime,
+    /// The table.
+    pub config: &'a ValidatedConfig,
+    /// The objects it was composed of.
+    pub members: Option<&'a ServedMembers>,
+}
+
+impl<'a> Served<'a> {
+    /// The status's view of a served snapshot.
+    pub fn of(snapshot: &'a Snapshot) -> Self {
+        Self {
+            version: snapshot.version,
+            hash: snapshot.hash,
+            accepted_at: snapshot.accepted_at,
+            config: &snapshot.config,
+            members: snapshot.members.as_deref(),
+        }
+    }
+
+    /// Shards the table holds.
+    pub fn shards(&self) -> usize {
+        self.members.map_or(0, |m| m.shards.len())
+    }
+}
 
 /// The inputs of one status computation.
 pub struct Input<'a> {
     /// The object's `metadata.generation`.
     pub generation: i64,
-    /// The object's `metadata.uid` (its lineage).
+    /// The object's `metadata.namespace`, `metadata.name` and `metadata.uid` (its lineage).
+    pub namespace: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its uid.
     pub uid: &'a str,
-    /// What the store holds for the object.
-    pub state: &'a ObjectState,
+    /// The current table.
+    pub current_table: &'a Current,
+    /// The table served in this lineage, if any.
+    pub served: Option<Served<'a>>,
     /// The status currently stored on the object.
     pub current: Option<&'a RoutingConfigStatus>,
     /// Data planes subscribed to the object, against its served snapshot.
     pub data_planes: &'a Counts,
+    /// RoutingShards labelled for the object now.
+    pub shards: usize,
     /// Now.
     pub now: SystemTime,
-    /// Signs the served spec recorded while the current generation is rejected.
+    /// Signs the record of the served table.
     pub key: &'a StatusKey,
-    /// Bytes of the object's own spec as JSON (what it stores); only read while the current
-    /// generation is not the served one, to decide whether the served spec fits beside it.
+    /// Bytes of the object's own spec as JSON (what it stores); only read while its current
+    /// generation is not the one served, to decide whether a copy of that one fits beside it.
     pub spec_bytes: usize,
-}
-
-/// The served spec as recorded in the status, or why it is not.
-enum Record {
-    /// gzip + base64 of the served spec.
-    Kept(String),
-    /// Too large to record beside the object's own spec: its encoded size.
-    Omitted(usize),
-}
-
-/// The record of `spec` for an object whose own spec is `spec_bytes` long.
-fn record(spec: &routing_model::RoutingConfigSpec, spec_bytes: usize) -> Record {
-    let encoded = crate::served_spec::encode(spec);
-    if encoded.len() <= MAX_RECORDED_SPEC_BYTES && spec_bytes + encoded.len() <= RECORDED_SPEC_OBJECT_BUDGET {
-        Record::Kept(encoded)
-    } else {
-        Record::Omitted(encoded.len())
-    }
 }
 
 /// A decision worth an Event: it differs from what the stored status already says.
@@ -104,60 +142,82 @@ pub enum Decision {
     },
 }
 
+/// `still serving ...` for the message of a refused generation.
+fn still_serving(served: &Served<'_>) -> String {
+    let generation = served
+        .members
+        .map_or(served.version, ServedMembers::config_generation);
+    match served.shards() {
+        0 if generation == served.version => {
+            format!("still serving generation {generation} ({})", served.hash)
+        }
+        shards => format!(
+            "still serving version {} ({}: generation {generation} of this RoutingConfig with {shards} RoutingShards)",
+            served.version, served.hash
+        ),
+    }
+}
+
 /// The status the object should have.
 pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
     let now = whole_seconds(input.now);
-    let served = input.state.served.as_ref().filter(|s| s.lineage == input.uid);
-    let rejection = input
-        .state
-        .rejection
-        .as_ref()
-        .filter(|r| r.lineage == input.uid && r.version == input.generation);
-    // While the current generation is not the served one, the served spec travels in the
-    // status, signed, so a replica started meanwhile can serve it again; unless it would not fit.
-    let recorded = served
-        .filter(|s| s.version != input.generation)
-        .map(|s| record(s.config.spec(), input.spec_bytes));
-    let accepted = match (rejection, served) {
-        (Some(r), _) => condition(
+    let served = input.served;
+    let served_generation = served.map(|s| s.members.map_or(s.version, ServedMembers::config_generation));
+    // While the current generation is not the one the served table holds, a copy of that one
+    // travels in the status, so a replica started meanwhile can rebuild the table; unless it
+    // would not fit beside the object's own spec.
+    let copy = served
+        .filter(|_| served_generation != Some(input.generation))
+        .and_then(|s| s.members.map(|m| bounded_copy(&m.config.spec, input.spec_bytes)));
+    let is_current =
+        |s: &Served<'_>| matches!(input.current_table, Current::Valid { hash } if *hash == s.hash);
+    let current_served = served.filter(is_current);
+    let refused = matches!(input.current_table, Current::Refused { .. });
+    let accepted = match (input.current_table, current_served) {
+        (Current::Refused { reason, error }, _) => condition(
             CONDITION_ACCEPTED,
             "False",
-            "InvalidSpec",
+            reason,
             truncate(
                 &format!(
-                    "generation {} rejected; {}{}",
+                    "generation {} rejected; {}{}{error}",
                     input.generation,
-                    served.map_or_else(String::new, |s| format!(
-                        "still serving generation {} ({}); ",
-                        s.version, s.hash
-                    )),
-                    match &recorded {
-                        Some(Record::Omitted(bytes)) => format!(
-                            "the served spec is not recorded in the status ({bytes} bytes compressed is too large beside this object's own spec), \
-                             so a control-plane replica started before this is fixed serves nothing for this object (data planes keep their table); {}",
-                            r.error
+                    served.map_or_else(String::new, |s| format!("{}; ", still_serving(&s))),
+                    match &copy {
+                        Some(Err(bytes)) => format!(
+                            "the served generation is not recorded in the status ({bytes} bytes compressed is too large beside this object's own spec), \
+                             so a control-plane replica started before this is fixed serves nothing for this object (data planes keep their table); "
                         ),
-                        _ => r.error.clone(),
-                    }
+                        _ => String::new(),
+                    },
                 ),
                 MAX_MESSAGE,
             ),
         ),
-        (None, Some(s)) if s.version == input.generation => {
+        (Current::Valid { .. }, Some(s)) => {
             let spec = s.config.spec();
+            let shards = match s.shards() {
+                0 => String::new(),
+                n => format!(" (with {n} RoutingShards)"),
+            };
+            let version = if s.version == input.generation {
+                String::new()
+            } else {
+                format!(", served as version {}", s.version)
+            };
             condition(
                 CONDITION_ACCEPTED,
                 "True",
                 "Valid",
                 format!(
-                    "generation {} accepted: {} customers, {} placements",
-                    s.version,
+                    "generation {} accepted: {} customers{shards}, {} placements{version}",
+                    input.generation,
                     spec.customer_to_placement.len(),
                     spec.placement_to_endpoint.len()
                 ),
             )
         }
-        _ => condition(
+        (Current::Valid { .. }, None) => condition(
             CONDITION_ACCEPTED,
             "Unknown",
             "Pending",
@@ -166,8 +226,9 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
     };
     let synced = synced_condition(
         input.generation,
-        rejection.is_some(),
+        refused,
         input.data_planes,
+        current_served.map(|s| s.version),
         served.map(|s| s.version),
     );
     let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
@@ -189,25 +250,23 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             .and_then(|c| c.snapshot.as_ref())
             .filter(|old| old.version == s.version && old.hash == hash)
             .map(|old| old.accepted_at.clone());
-        let served_spec = match &recorded {
-            Some(Record::Kept(encoded)) => Some(encoded.clone()),
-            _ => None,
-        };
-        let signature = served_spec.is_some().then(|| {
-            ServedRecord {
-                namespace: &s.key.namespace,
-                name: &s.key.name,
-                uid: &s.lineage,
-                version: s.version,
-                hash: &hash,
-            }
-            .sign(input.key)
-        });
+        let generation = served_generation.unwrap_or(s.version);
+        let signature = TableRecord {
+            namespace: input.namespace,
+            name: input.name,
+            uid: input.uid,
+            version: s.version,
+            hash: &hash,
+            generation,
+        }
+        .sign(input.key);
         SnapshotStatus {
             version: s.version,
             accepted_at: kept.unwrap_or_else(|| Time(whole_seconds(s.accepted_at))),
-            served_spec,
-            served_spec_signature: signature,
+            generation: Some(generation),
+            shards: (s.shards() > 0).then(|| s.shards() as i64),
+            signature: Some(signature),
+            served_spec: copy.and_then(Result::ok),
             hash,
         }
     });
@@ -216,18 +275,25 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
         conditions,
         snapshot,
         data_planes: Some(data_planes_status(input.data_planes)),
+        shards: Some(input.shards as i64),
     }
 }
 
 /// `Synced` for `generation`: `True` only when that generation is the served version and every
 /// subscribed data plane applied it.
-fn synced_condition(generation: i64, rejected: bool, counts: &Counts, served: Option<i64>) -> Condition {
+fn synced_condition(
+    generation: i64,
+    rejected: bool,
+    counts: &Counts,
+    current: Option<i64>,
+    served: Option<i64>,
+) -> Condition {
     if rejected {
         let serving = served.map_or_else(
             || "nothing is served".to_owned(),
             |v| {
                 format!(
-                    "data planes stay on generation {v} ({} of {} applied it)",
+                    "data planes stay on version {v} ({} of {} applied it)",
                     counts.synced, counts.connected
                 )
             },
@@ -239,7 +305,7 @@ fn synced_condition(generation: i64, rejected: bool, counts: &Counts, served: Op
             format!("generation {generation} was rejected (see Accepted) and is not served; {serving}"),
         );
     }
-    let Some(version) = served.filter(|v| *v == generation) else {
+    let Some(version) = current else {
         return condition(
             CONDITION_SYNCED,
             "Unknown",
@@ -337,9 +403,11 @@ pub fn decision(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigSt
             .cloned()
     };
     let new = accepted(desired)?;
+    // A new generation, a changed verdict, or the same verdict about another table (a shard
+    // changed: a new version served, or other errors).
     let unchanged = current.is_some_and(|c| {
         c.observed_generation == desired.observed_generation
-            && accepted(c).is_some_and(|old| old.status == new.status)
+            && accepted(c).is_some_and(|old| old.status == new.status && old.message == new.message)
     });
     if unchanged {
         return None;
@@ -384,13 +452,17 @@ pub fn truncate(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::push::registry::Counts;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use routing_model::ParseLimits;
+    use routing_model::crd::RoutingConfig;
 
     use super::*;
-    use crate::snapshot::{ObjectKey, SnapshotStore};
+    use crate::push::registry::Counts;
+    use crate::served_spec::{Owner, check};
+    use crate::snapshot::{ObjectKey, ServedMembers, SnapshotStore};
 
     fn key() -> StatusKey {
         StatusKey::from_bytes(&[3; 32])
@@ -411,84 +483,125 @@ mod tests {
         .unwrap()
     }
 
+    /// The store serving `valid()` as `version`, composed of generation `generation` of the
+    /// RoutingConfig.
+    fn store_serving(version: i64, generation: i64) -> SnapshotStore {
+        let config = valid();
+        let mut obj = RoutingConfig::new("r", config.spec().clone());
+        obj.metadata.generation = Some(generation);
+        let members = ServedMembers {
+            config: Arc::new(obj),
+            shards: BTreeMap::new(),
+        };
+        let store = SnapshotStore::default();
+        store.offer_table(&object(), "u1", version, Ok(config), Some(Arc::new(members)));
+        store
+    }
+
+    fn input<'a>(
+        generation: i64,
+        table: &'a Current,
+        served: Option<Served<'a>>,
+        current: Option<&'a RoutingConfigStatus>,
+        now: SystemTime,
+        key: &'a StatusKey,
+    ) -> Input<'a> {
+        static NONE: std::sync::LazyLock<Counts> = std::sync::LazyLock::new(Counts::default);
+        Input {
+            generation,
+            namespace: "ns",
+            name: "r",
+            uid: "u1",
+            current_table: table,
+            served,
+            current,
+            data_planes: &NONE,
+            shards: 0,
+            now,
+            key,
+            spec_bytes: 0,
+        }
+    }
+
     fn status_of(c: &RoutingConfigStatus, t: &str) -> String {
         c.conditions.iter().find(|c| c.type_ == t).unwrap().status.clone()
     }
 
     #[test]
     fn recomputing_an_unchanged_object_gives_the_same_status() {
-        let store = SnapshotStore::default();
-        store.offer(&object(), "u1", 1, Ok(valid()));
-        let state = store.get(&object()).unwrap();
+        let store = store_serving(1, 1);
+        let snap = store.get(&object()).unwrap().served.unwrap();
+        let table = Current::Valid { hash: snap.hash };
+        let k = key();
         let t0 = SystemTime::now();
-        let first = desired(&Input {
-            generation: 1,
-            uid: "u1",
-            state: &state,
-            current: None,
-            data_planes: &Counts::default(),
-            now: t0,
-            key: &key(),
-            spec_bytes: 0,
-        });
+        let first = desired(&input(1, &table, Some(Served::of(&snap)), None, t0, &k));
         assert_eq!(status_of(&first, CONDITION_ACCEPTED), "True");
         assert_eq!(status_of(&first, CONDITION_SYNCED), "Unknown");
+        assert_eq!(
+            first.conditions[0].message,
+            "generation 1 accepted: 1 customers, 1 placements"
+        );
         assert!(matches!(decision(None, &first), Some(Decision::Accepted { .. })));
-        let later = desired(&Input {
-            generation: 1,
-            uid: "u1",
-            state: &state,
-            current: Some(&first),
-            data_planes: &Counts::default(),
-            now: t0 + Duration::from_secs(3600),
-            key: &key(),
-            spec_bytes: 0,
-        });
+        let later = desired(&input(
+            1,
+            &table,
+            Some(Served::of(&snap)),
+            Some(&first),
+            t0 + Duration::from_secs(3600),
+            &k,
+        ));
         assert_eq!(first, later);
         assert_eq!(decision(Some(&first), &later), None);
+        // The record is signed, and this control plane trusts it.
+        let recorded = first.snapshot.as_ref().unwrap();
+        assert!(recorded.served_spec.is_none());
+        let owner = Owner {
+            namespace: "ns",
+            name: "r",
+            uid: "u1",
+            generation: 1,
+        };
+        let trusted = check(&k, owner, recorded).unwrap().unwrap();
+        assert_eq!(
+            (trusted.version, trusted.generation, trusted.hash),
+            (1, 1, snap.hash)
+        );
     }
 
     #[test]
     fn rejection_flips_accepted_moves_its_transition_time_and_keeps_the_snapshot() {
-        let store = SnapshotStore::default();
-        store.offer(&object(), "u1", 1, Ok(valid()));
+        let store = store_serving(1, 1);
+        let snap = store.get(&object()).unwrap().served.unwrap();
+        let k = key();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let state = store.get(&object()).unwrap();
-        let first = desired(&Input {
-            generation: 1,
-            uid: "u1",
-            state: &state,
-            current: None,
-            data_planes: &Counts::default(),
-            now: t0,
-            key: &key(),
-            spec_bytes: 0,
-        });
-        store.offer(
-            &object(),
-            "u1",
+        let valid_table = Current::Valid { hash: snap.hash };
+        let first = desired(&input(1, &valid_table, Some(Served::of(&snap)), None, t0, &k));
+        let refused = Current::Refused {
+            reason: "InvalidSpec",
+            error: "RoutingConfig ns/r: spec.defaultPlacement: placement `x` has no endpoint".to_owned(),
+        };
+        let second = desired(&input(
             2,
-            Err("spec.defaultPlacement: no endpoint".into()),
+            &refused,
+            Some(Served::of(&snap)),
+            Some(&first),
+            t0 + Duration::from_secs(10),
+            &k,
+        ));
+        let accepted = &second.conditions[0];
+        assert_eq!(
+            (accepted.status.as_str(), accepted.reason.as_str()),
+            ("False", "InvalidSpec")
         );
-        let state = store.get(&object()).unwrap();
-        let second = desired(&Input {
-            generation: 2,
-            uid: "u1",
-            state: &state,
-            current: Some(&first),
-            data_planes: &Counts::default(),
-            now: t0 + Duration::from_secs(10),
-            key: &key(),
-            spec_bytes: 0,
-        });
-        let accepted = second
-            .conditions
-            .iter()
-            .find(|c| c.type_ == CONDITION_ACCEPTED)
-            .unwrap();
-        assert_eq!(accepted.status, "False");
         assert!(
             accepted.message.contains("spec.defaultPlacement"),
+            "{}",
+            accepted.message
+        );
+        assert!(
+            accepted
+                .message
+                .contains(&format!("still serving generation 1 ({})", snap.hash)),
             "{}",
             accepted.message
         );
@@ -506,34 +619,26 @@ mod tests {
             ),
             ("False", "GenerationRejected", Some(2))
         );
-        assert_ne!(
-            synced.last_transition_time,
-            first.conditions[1].last_transition_time
-        );
         let (kept, before) = (
             second.snapshot.as_ref().unwrap(),
             first.snapshot.as_ref().unwrap(),
         );
         assert_eq!(
-            (kept.version, &kept.hash, &kept.accepted_at),
-            (1, &before.hash, &before.accepted_at)
+            (kept.version, &kept.hash, &kept.accepted_at, kept.generation),
+            (1, &before.hash, &before.accepted_at, Some(1))
         );
-        // While generation 2 is rejected the served spec travels in the status, so another
-        // replica can keep serving it.
-        assert!(before.served_spec.is_none());
-        let carried = crate::served_spec::decode(kept.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
-        assert_eq!(&carried, state.served.as_ref().unwrap().config.spec());
-        // Signed, so a replica recovers it, and only for this object.
-        let owner = crate::served_spec::Owner {
+        // While generation 2 is rejected a copy of generation 1 travels in the status, so
+        // another replica can rebuild the table; the record is signed for this object.
+        let carried: routing_model::RoutingConfigSpec =
+            crate::served_spec::decode(kept.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
+        assert_eq!(&carried, snap.config.spec());
+        let owner = Owner {
             namespace: "ns",
             name: "r",
             uid: "u1",
             generation: 2,
         };
-        let recovered = crate::served_spec::recover(&key(), owner, kept, 1 << 20)
-            .unwrap()
-            .unwrap();
-        assert_eq!(recovered.version, 1);
+        assert_eq!(check(&k, owner, kept).unwrap().unwrap().generation, 1);
         assert!(matches!(
             decision(Some(&first), &second),
             Some(Decision::Rejected { .. })
@@ -541,22 +646,73 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_of_another_lineage_is_not_reported() {
-        let store = SnapshotStore::default();
-        store.offer(&object(), "old-uid", 4, Ok(valid()));
-        let state = store.get(&object()).unwrap();
-        let s = desired(&Input {
-            generation: 1,
-            uid: "new-uid",
-            state: &state,
-            current: None,
-            data_planes: &Counts::default(),
-            now: SystemTime::now(),
-            key: &key(),
-            spec_bytes: 0,
-        });
+    fn a_copy_too_large_beside_the_object_is_left_out_and_the_message_says_so() {
+        let store = store_serving(1, 1);
+        let snap = store.get(&object()).unwrap().served.unwrap();
+        let refused = Current::Refused {
+            reason: "InvalidSpec",
+            error: "bad".to_owned(),
+        };
+        let k = key();
+        let mut big = input(2, &refused, Some(Served::of(&snap)), None, SystemTime::now(), &k);
+        big.spec_bytes = crate::served_spec::RECORDED_SPEC_OBJECT_BUDGET;
+        let status = desired(&big);
+        assert!(status.snapshot.as_ref().unwrap().served_spec.is_none());
+        assert!(
+            status.conditions[0]
+                .message
+                .contains("not recorded in the status"),
+            "{}",
+            status.conditions[0].message
+        );
+    }
+
+    #[test]
+    fn a_version_past_the_generation_is_named_and_a_new_one_is_an_event() {
+        let store = store_serving(7, 3);
+        let snap = store.get(&object()).unwrap().served.unwrap();
+        let table = Current::Valid { hash: snap.hash };
+        let k = key();
+        let first = desired(&input(
+            3,
+            &table,
+            Some(Served::of(&snap)),
+            None,
+            SystemTime::now(),
+            &k,
+        ));
+        assert_eq!(
+            first.conditions[0].message,
+            "generation 3 accepted: 1 customers, 1 placements, served as version 7"
+        );
+        let store = store_serving(8, 3);
+        let next = store.get(&object()).unwrap().served.unwrap();
+        let second = desired(&input(
+            3,
+            &table,
+            Some(Served::of(&next)),
+            Some(&first),
+            SystemTime::now(),
+            &k,
+        ));
+        // Same generation of the RoutingConfig, a new version of its table: an Event says so.
+        assert!(matches!(
+            decision(Some(&first), &second),
+            Some(Decision::Accepted { .. })
+        ));
+    }
+
+    #[test]
+    fn nothing_served_is_no_snapshot() {
+        let table = Current::Refused {
+            reason: "InvalidShards",
+            error: "RoutingShard ns/r-0: ...".to_owned(),
+        };
+        let k = key();
+        let s = desired(&input(1, &table, None, None, SystemTime::now(), &k));
         assert!(s.snapshot.is_none());
-        assert_eq!(status_of(&s, CONDITION_ACCEPTED), "Unknown");
+        assert_eq!(s.conditions[0].reason, "InvalidShards");
+        assert_eq!(status_of(&s, CONDITION_SYNCED), "False");
     }
 }
 
@@ -576,7 +732,7 @@ mod synced_tests {
 
     #[test]
     fn synced_reflects_data_plane_reports() {
-        let synced = |c: &Counts| synced_condition(3, false, c, Some(3));
+        let synced = |c: &Counts| synced_condition(3, false, c, Some(3), Some(3));
         assert_eq!(synced(&counts(0, 0, None)).status, "Unknown");
         assert_eq!(synced(&counts(3, 2, None)).reason, "Converging");
         let all = synced(&counts(3, 3, None));
@@ -597,17 +753,17 @@ mod synced_tests {
     #[test]
     fn synced_is_true_only_for_the_served_current_generation() {
         // Every data plane applied version 3, but generation 4 was rejected.
-        let rejected = synced_condition(4, true, &counts(3, 3, None), Some(3));
+        let rejected = synced_condition(4, true, &counts(3, 3, None), None, Some(3));
         assert_eq!(
             (rejected.status.as_str(), rejected.reason.as_str()),
             ("False", "GenerationRejected")
         );
         assert!(
-            rejected.message.contains("generation 3 (3 of 3 applied it)"),
+            rejected.message.contains("version 3 (3 of 3 applied it)"),
             "{}",
             rejected.message
         );
-        let nothing = synced_condition(1, true, &counts(0, 0, None), None);
+        let nothing = synced_condition(1, true, &counts(0, 0, None), None, None);
         assert_eq!(
             (
                 nothing.status.as_str(),
@@ -616,7 +772,7 @@ mod synced_tests {
             ("False", true)
         );
         // Generation 4 not served yet (not validated): not known to be synced.
-        let pending = synced_condition(4, false, &counts(3, 3, None), Some(3));
+        let pending = synced_condition(4, false, &counts(3, 3, None), None, Some(3));
         assert_eq!(
             (pending.status.as_str(), pending.reason.as_str()),
             ("Unknown", "NoSnapshot")

@@ -1,10 +1,11 @@
 //! The key that authenticates what the control plane records in a RoutingConfig's status.
 //!
-//! While an object's current generation is rejected, its status carries the spec being served,
-//! so that a replica started meanwhile keeps serving it (see [`crate::served_spec`]). Anyone
-//! granted `patch` on `routingconfigs/status` can write that field, so a replica must not take it
-//! on trust: the status writer signs the record with HMAC-SHA256, and a replica recovers only a
-//! record whose signature verifies with this key.
+//! A RoutingConfig's status records the served table (its version and content hash), and while a
+//! generation is refused, copies of what is served, so that every replica serves the same version
+//! and a replica started meanwhile keeps serving it (see [`crate::served_spec`]). Anyone granted
+//! `patch` on the status can write those fields, so a replica must not take them on trust: the
+//! status writer signs the record with HMAC-SHA256, and a replica takes a version (and rebuilds a
+//! table) only from a record whose signature verifies with this key.
 //!
 //! The key lives in a Secret in the control plane's own namespace (`<lease-name>-status-key`),
 //! which those who may patch RoutingConfig status need not be able to read. The first replica to

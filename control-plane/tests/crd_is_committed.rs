@@ -1,30 +1,44 @@
 //! The committed CRD files must be exactly what `crdgen` prints: the CRD is generated from the
 //! Rust types and never edited by hand, in either of its two forms.
 
+use control_plane::crd::Kind;
+
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[test]
-fn committed_crd_matches_the_generated_one() {
-    let path = format!("{ROOT}/crds/routingconfig.yaml");
-    let committed = std::fs::read_to_string(&path).expect("crds/routingconfig.yaml exists");
-    let generated = control_plane::crd::render();
-    assert!(
-        committed == generated,
-        "crds/routingconfig.yaml is stale: run `cargo run -p control-plane --bin crdgen > crds/routingconfig.yaml`"
-    );
+fn committed_crds_match_the_generated_ones() {
+    for kind in Kind::ALL {
+        let path = format!("{ROOT}/{}", kind.crd_path());
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let argument = match kind {
+            Kind::RoutingConfig => String::new(),
+            other => format!(" -- {}", other.file_stem()),
+        };
+        assert!(
+            committed == control_plane::crd::render(kind),
+            "{} is stale: run `cargo run -p control-plane --bin crdgen{argument} > {}`",
+            kind.crd_path(),
+            kind.crd_path()
+        );
+    }
 }
 
 #[test]
-fn chart_template_matches_the_generated_one() {
-    let path = format!("{ROOT}/charts/cellroute/templates/crd-routingconfig.yaml");
-    let committed =
-        std::fs::read_to_string(&path).expect("charts/cellroute/templates/crd-routingconfig.yaml exists");
-    let generated = control_plane::crd::render_chart_template();
-    assert!(
-        committed == generated,
-        "charts/cellroute/templates/crd-routingconfig.yaml is stale: run \
-         `cargo run -p control-plane --bin crdgen -- --chart > charts/cellroute/templates/crd-routingconfig.yaml`"
-    );
+fn chart_templates_match_the_generated_ones() {
+    for kind in Kind::ALL {
+        let path = format!("{ROOT}/{}", kind.chart_path());
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let argument = match kind {
+            Kind::RoutingConfig => String::new(),
+            other => format!(" {}", other.file_stem()),
+        };
+        assert!(
+            committed == control_plane::crd::render_chart_template(kind),
+            "{} is stale: run `cargo run -p control-plane --bin crdgen -- --chart{argument} > {}`",
+            kind.chart_path(),
+            kind.chart_path()
+        );
+    }
 }
 
 /// Helm never upgrades a chart's `crds/` directory, so the chart must not have one: the CRD is

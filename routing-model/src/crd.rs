@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::manifest::RoutingConfig;
+pub use crate::manifest::{RoutingConfig, RoutingShard};
 
 /// Condition type: whether the control plane accepted the object's current generation.
 pub const CONDITION_ACCEPTED: &str = "Accepted";
@@ -19,6 +19,9 @@ pub const CONDITION_ACCEPTED: &str = "Accepted";
 /// data plane applied it. `True` only then, so `kubectl wait --for=condition=Synced` returns
 /// once the fleet runs what was last applied; a rejected generation is never `Synced`.
 pub const CONDITION_SYNCED: &str = "Synced";
+/// Condition type of a RoutingShard: whether its current generation is part of the routing table
+/// being served.
+pub const CONDITION_SERVED: &str = "Served";
 
 /// What the control plane decided about a RoutingConfig, and how far the fleet got.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
@@ -40,29 +43,78 @@ pub struct RoutingConfigStatus {
     /// Data planes subscribed to this RoutingConfig, across all control-plane replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_planes: Option<DataPlanesStatus>,
+    /// RoutingShards labelled for this RoutingConfig now (whether or not the served table holds
+    /// them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i64>,
 }
 
-/// Identity of the snapshot being served.
+/// Identity of the routing table being served: this RoutingConfig with its RoutingShards.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotStatus {
-    /// The object generation the snapshot was built from; never goes backwards for one object.
+    /// The version of the served table. It rises with every accepted change of this
+    /// RoutingConfig or of any of its shards (a shard added, edited or deleted), and never goes
+    /// backwards; for a RoutingConfig without shards it is the generation served.
     pub version: i64,
-    /// Content hash of the spec (`sha256:<hex>`); equal hashes route identically.
+    /// Content hash of the served table (`sha256:<hex>`); equal hashes route identically.
     pub hash: String,
     /// When this version was accepted.
     pub accepted_at: Time,
-    /// The served spec (gzip, then base64, of its JSON), present only while the object's current
-    /// generation is not the served one (rejected). It lets any control-plane replica, including
-    /// one started after the rejection, keep serving the last valid version.
+    /// Which generation of this RoutingConfig the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// How many RoutingShards the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<i64>,
+    /// `hmac-sha256:<key id>:<mac>`: the control plane's signature over this object's
+    /// namespace, name, uid, `version`, `hash` and `generation`, with a key kept in a Secret of
+    /// the control plane's namespace. It is how the leader hands a version to the other replicas
+    /// and to its successors: a replica serves a version only with this signature, so whoever can
+    /// patch the status can neither choose what is served nor move the version line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// This RoutingConfig's own spec at `generation` (gzip, then base64, of its JSON), present
+    /// only while its current generation is not the served one (the table is refused). With the
+    /// shards' own records it lets any control-plane replica, including one started after the
+    /// refusal, rebuild and keep serving the last valid table. Left out when too large to keep
+    /// beside the object's own spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_spec: Option<String>,
-    /// Present with `servedSpec`: `hmac-sha256:<key id>:<mac>`, the control plane's signature
-    /// over this object's namespace, name, uid, this `version` and `hash`, with a key kept in a
-    /// Secret of the control plane's namespace. A replica recovers `servedSpec` only when the
-    /// signature is its own, so whoever can patch the status cannot choose what is served.
+}
+
+/// What the control plane decided about a RoutingShard: whether its current generation is part
+/// of the routing table being served, and what of it that table holds.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingShardStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub served_spec_signature: Option<String>,
+    pub observed_generation: Option<i64>,
+    /// `Served`: whether the current generation is part of the routing table being served, and
+    /// if not why (its own errors, a customer another object of the table also assigns, another
+    /// object's errors, or no RoutingConfig of the label's name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// Customers the current generation assigns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customers: Option<i64>,
+    /// The first version of the served routing table that held this shard at
+    /// `servedGeneration` (a later version that changed only other objects does not move it);
+    /// absent when the served table does not hold this shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Which generation of this shard the served table holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_generation: Option<i64>,
+    /// The customers of `servedGeneration` (gzip, then base64, of their JSON), present only while
+    /// the current generation is not the served one, so that any control-plane replica can
+    /// rebuild the served table. A replica serves what it rebuilds only when it hashes to the
+    /// signed `status.snapshot` of the RoutingConfig, so this record needs no signature of its
+    /// own. Left out when too large to keep beside the shard's own spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_spec: Option<String>,
 }
 
 /// Counts of subscribed data planes.
@@ -84,8 +136,30 @@ pub struct DataPlanesStatus {
     /// replica writes only its own key (a merge patch of that key alone), so replicas never
     /// overwrite each other; the status writer sums the entries of live replicas into the
     /// totals above.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "replicas_map"
+    )]
     pub replicas: BTreeMap<String, ReplicaReport>,
+}
+
+/// `status.dataPlanes.replicas` as a map; the list control planes before RoutingShards wrote reads as
+/// empty (each replica rewrites its own entry within a tick), so an object with an old status
+/// never stops the watch.
+fn replicas_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, ReplicaReport>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Map(BTreeMap<String, ReplicaReport>),
+        Legacy(
+            #[expect(dead_code, reason = "only the shape of an old list matters")] Vec<serde::de::IgnoredAny>,
+        ),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Map(map) => map,
+        Either::Legacy(_) => BTreeMap::new(),
+    })
 }
 
 /// One control-plane replica's view of the data planes subscribed to a RoutingConfig.
@@ -157,6 +231,22 @@ mod tests {
     }
 
     #[test]
+    fn an_old_status_with_replicas_as_a_list_still_reads() {
+        let old = serde_json::json!({
+            "connected": 1, "synced": 1, "rejected": 0, "summary": "1/1",
+            "replicas": [{"replica": "cp-0", "connected": 1, "synced": 1, "rejected": 0}],
+        });
+        let read: DataPlanesStatus = serde_json::from_value(old).unwrap();
+        assert!(read.replicas.is_empty());
+        let new = serde_json::json!({
+            "connected": 1, "synced": 1, "rejected": 0, "summary": "1/1",
+            "replicas": {"cp-0": {"connected": 1, "synced": 1, "rejected": 0}},
+        });
+        let read: DataPlanesStatus = serde_json::from_value(new).unwrap();
+        assert_eq!(read.replicas["cp-0"].connected, 1);
+    }
+
+    #[test]
     fn crd_has_short_name_columns_and_status() {
         let crd = RoutingConfig::crd();
         let version = &crd.spec.versions[0];
@@ -170,7 +260,7 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Accepted", "Version", "Synced", "Age"]);
+        assert_eq!(columns, ["Accepted", "Version", "Synced", "Shards", "Age"]);
         assert!(
             version
                 .subresources

@@ -12,6 +12,8 @@
 //!   problem at once with the offending key;
 //! - [`table`]: a [`ValidatedConfig`] compiled into an immutable [`RoutingTable`] whose lookup
 //!   is a single hash probe;
+//! - [`compose`]: one table from a RoutingConfig and its RoutingShards, checked with the same
+//!   rules, each error naming its object;
 //! - [`diff`]: what changed between two configs, for audit logs and history;
 //! - [`endpoint`]: endpoint URLs, parsed the one way validation and the proxy both use;
 //! - [`protocol`]: the WebSocket messages between control plane and data planes;
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod compose;
 pub mod compression;
 #[cfg(feature = "kube")]
 pub mod crd;

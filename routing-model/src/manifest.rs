@@ -14,6 +14,10 @@ pub const API_VERSION: &str = "cellroute.dev/v1alpha1";
 pub const KIND: &str = "RoutingConfig";
 /// The header that carries the customer id when `customerHeader` is not set.
 pub const DEFAULT_CUSTOMER_HEADER: &str = "x-customer-id";
+/// The kind of the objects that hold a RoutingConfig's customers beyond its own.
+pub const SHARD_KIND: &str = "RoutingShard";
+/// The label that joins a RoutingShard to the RoutingConfig of that name in its namespace.
+pub const ROUTING_CONFIG_LABEL: &str = "cellroute.dev/routing-config";
 
 /// A whole RoutingConfig document as found in a file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -77,7 +81,7 @@ pub struct ObjectMeta {
         printcolumn(
             name = "Version",
             type_ = "integer",
-            description = "Generation of the snapshot being served",
+            description = "Version of the routing table being served (rises with every accepted change of the RoutingConfig or its shards)",
             json_path = ".status.snapshot.version"
         ),
         printcolumn(
@@ -85,6 +89,12 @@ pub struct ObjectMeta {
             type_ = "string",
             description = "Data planes that applied the served version / data planes connected",
             json_path = ".status.dataPlanes.summary"
+        ),
+        printcolumn(
+            name = "Shards",
+            type_ = "integer",
+            description = "RoutingShards labelled for this RoutingConfig",
+            json_path = ".status.shards"
         ),
         printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     )
@@ -130,4 +140,101 @@ pub struct RoutingConfigSpec {
 
 fn default_customer_header() -> String {
     DEFAULT_CUSTOMER_HEADER.to_owned()
+}
+
+/// Customers of a RoutingConfig kept in an object of their own, so that a table too large for
+/// one object (about 1.5 MiB, or 256 KiB for `kubectl apply`) can still be stored. It belongs to
+/// the RoutingConfig named by its label `cellroute.dev/routing-config`, in its namespace.
+//
+// The RoutingConfig and all its shards are one routing table: validated together
+// (`crate::compose`), served as one snapshot. A label rather than a selector on the
+// RoutingConfig: a shard then belongs to exactly one table, by construction. As for
+// `RoutingConfigSpec`, doc comments here are the CRD's field descriptions (`kubectl explain`).
+// Several `printcolumn(...)` entries legitimately repeat `type_ = "string"`.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[cfg_attr(feature = "kube", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "cellroute.dev",
+        version = "v1alpha1",
+        kind = "RoutingShard",
+        namespaced,
+        shortname = "rts",
+        status = "crate::crd::RoutingShardStatus",
+        doc = "Customer assignments of a RoutingConfig beyond its own: the RoutingConfig named by the label cellroute.dev/routing-config, in the same namespace, and all its RoutingShards are one routing table.",
+        printcolumn(
+            name = "Config",
+            type_ = "string",
+            description = "The RoutingConfig this shard belongs to (its cellroute.dev/routing-config label)",
+            json_path = ".metadata.labels.cellroute\\.dev/routing-config"
+        ),
+        printcolumn(
+            name = "Customers",
+            type_ = "integer",
+            description = "Customers this generation assigns",
+            json_path = ".status.customers"
+        ),
+        printcolumn(
+            name = "Served",
+            type_ = "string",
+            description = "Whether this generation is part of the routing table being served",
+            json_path = ".status.conditions[?(@.type==\"Served\")].status"
+        ),
+        printcolumn(
+            name = "Reason",
+            type_ = "string",
+            description = "Why it is (not) served",
+            json_path = ".status.conditions[?(@.type==\"Served\")].reason"
+        ),
+        printcolumn(
+            name = "Version",
+            type_ = "integer",
+            description = "First version of the served routing table that holds this shard as it is served",
+            json_path = ".status.version"
+        ),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RoutingShardSpec {
+    /// Customer id to placement name, as in a RoutingConfig's `customerToPlacement`. Every
+    /// placement named here must have an endpoint in the RoutingConfig's `placementToEndpoint`,
+    /// and no customer may be assigned by two objects of the same table.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::schema::customer_map")]
+    pub customer_to_placement: BTreeMap<String, String>,
+}
+
+/// Metadata of a RoutingShard manifest: its identity, and the labels that join it to its table.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ShardMeta {
+    /// Object name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Object namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels; [`ROUTING_CONFIG_LABEL`] names its RoutingConfig.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A whole RoutingShard document as found in a file (what `control-plane split` writes).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RoutingShardManifest {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// Must be [`SHARD_KIND`].
+    pub kind: String,
+    /// Name, namespace and labels.
+    #[serde(default)]
+    pub metadata: ShardMeta,
+    /// The customers.
+    pub spec: RoutingShardSpec,
+    /// Accepted and ignored, as for a RoutingConfig.
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde::de::IgnoredAny>,
 }

@@ -6,7 +6,7 @@
 
 use serde_saphyr::options::{AliasLimits, DuplicateKeyPolicy};
 
-use crate::manifest::RoutingConfigManifest;
+use crate::manifest::{RoutingConfigManifest, RoutingShardManifest};
 use crate::validate::{ValidatedConfig, ValidationErrors, validate};
 
 /// Default upper bound on the size of a config document: 16 MiB.
@@ -81,6 +81,19 @@ pub fn load(bytes: &[u8], limits: ParseLimits) -> Result<ValidatedConfig, Config
 
 /// Parses a document into a manifest without validating its content.
 pub fn parse_manifest(bytes: &[u8], limits: ParseLimits) -> Result<RoutingConfigManifest, ParseError> {
+    parse_document(bytes, limits)
+}
+
+/// Parses a RoutingShard document (what `control-plane split` writes) with the same hardening,
+/// without validating its content.
+pub fn parse_shard(bytes: &[u8], limits: ParseLimits) -> Result<RoutingShardManifest, ParseError> {
+    parse_document(bytes, limits)
+}
+
+fn parse_document<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limits: ParseLimits,
+) -> Result<T, ParseError> {
     if bytes.len() > limits.max_bytes {
         return Err(ParseError::TooLarge {
             size: bytes.len(),

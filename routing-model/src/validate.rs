@@ -69,7 +69,8 @@ impl fmt::Display for Warning {
     }
 }
 
-/// A RoutingConfig that passed every rule; only [`validate`] builds one.
+/// A RoutingConfig that passed every rule; only [`validate`] (and [`crate::compose`], which
+/// applies the same rules to a table composed of several objects) builds one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedConfig {
     metadata: ObjectMeta,
@@ -97,6 +98,17 @@ impl ValidatedConfig {
     /// Legal but suspicious parts of the config.
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
+    }
+
+    /// A config that passed every rule (the caller has checked them), with its hash.
+    pub(crate) fn new_checked(metadata: ObjectMeta, spec: RoutingConfigSpec, warnings: Vec<Warning>) -> Self {
+        let hash = ContentHash::of_spec(&spec);
+        Self {
+            metadata,
+            spec,
+            hash,
+            warnings,
+        }
     }
 
     /// The manifest form of this config, for display and for writing back to a file.
@@ -142,6 +154,23 @@ pub fn validate(manifest: RoutingConfigManifest) -> Result<ValidatedConfig, Vali
 }
 
 fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Vec<Warning> {
+    check_routing(spec, errors);
+    check_customer_count(spec.customer_to_placement.len(), errors);
+    for (customer, placement) in &spec.customer_to_placement {
+        let field = key_path("spec.customerToPlacement", customer);
+        for why in check_customer(customer, placement, &spec.placement_to_endpoint, ENDPOINTS) {
+            errors.push(err(&field, why));
+        }
+    }
+    unused_placements(spec)
+}
+
+/// Where a customer's placement must have an endpoint, as messages name it.
+const ENDPOINTS: &str = "spec.placementToEndpoint";
+
+/// Every rule about `customerHeader`, `placementToEndpoint` and `defaultPlacement`: what a
+/// RoutingConfig says about routing, apart from its customers.
+pub(crate) fn check_routing(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) {
     if let Err(why) = check_header_name(&spec.customer_header) {
         errors.push(err("spec.customerHeader", why));
     }
@@ -171,27 +200,40 @@ fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Ve
             ),
         ));
     }
-    if spec.customer_to_placement.len() > MAX_CUSTOMERS {
+}
+
+/// The table's size limit: at most [`MAX_CUSTOMERS`] customers in all.
+pub(crate) fn check_customer_count(customers: usize, errors: &mut Vec<ValidationError>) {
+    if customers > MAX_CUSTOMERS {
         errors.push(err(
             "spec.customerToPlacement",
-            format!(
-                "lists {} customers, over the limit of {MAX_CUSTOMERS}",
-                spec.customer_to_placement.len()
-            ),
+            format!("lists {customers} customers, over the limit of {MAX_CUSTOMERS}"),
         ));
     }
-    for (customer, placement) in &spec.customer_to_placement {
-        let field = key_path("spec.customerToPlacement", customer);
-        if let Err(why) = check_name(customer) {
-            errors.push(err(&field, format!("customer id {why}")));
-        }
-        if !spec.placement_to_endpoint.contains_key(placement) {
-            errors.push(err(
-                &field,
-                format!("placement `{placement}` has no endpoint in spec.placementToEndpoint"),
-            ));
-        }
+}
+
+/// What is wrong with one customer assignment (nothing when empty): its id, and whether its
+/// placement has an endpoint in `endpoints`, which messages call `endpoints_in`.
+pub(crate) fn check_customer(
+    customer: &str,
+    placement: &str,
+    endpoints: &std::collections::BTreeMap<String, String>,
+    endpoints_in: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(why) = check_name(customer) {
+        problems.push(format!("customer id {why}"));
     }
+    if !endpoints.contains_key(placement) {
+        problems.push(format!(
+            "placement `{placement}` has no endpoint in {endpoints_in}"
+        ));
+    }
+    problems
+}
+
+/// Placements that no customer uses and that are not the default: legal, probably unintended.
+pub(crate) fn unused_placements(spec: &RoutingConfigSpec) -> Vec<Warning> {
     let used: BTreeSet<&str> = spec
         .customer_to_placement
         .values()
@@ -208,7 +250,7 @@ fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Ve
         .collect()
 }
 
-fn err(field: &str, message: String) -> ValidationError {
+pub(crate) fn err(field: &str, message: String) -> ValidationError {
     ValidationError {
         field: field.to_owned(),
         message,

@@ -98,6 +98,18 @@ impl ControlPlane {
         }
     }
 
+    /// [`ControlPlane::start_with`] on `listen` (the address of a control plane stopped
+    /// before: a restart behind a Service, whose address stays).
+    pub async fn start_on(options: &Options, listen: SocketAddr, extra: &[&str]) -> Self {
+        let (process, addr) = spawn(options, &listen.to_string(), extra).await;
+        assert_eq!(addr, listen, "started on another address");
+        Self {
+            process,
+            identity: options.identity.clone(),
+            http: CpHttp::new(addr, &options.identity),
+        }
+    }
+
     /// Waits up to `timeout` for the process to exit, and returns its status.
     pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.process.wait_for_exit(timeout).await

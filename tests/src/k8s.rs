@@ -9,9 +9,9 @@
 //! Tests share that cluster and run in parallel (one process per test under nextest), so:
 //! - each works in its own namespace ([`Cluster::namespace`]), which it leaves behind: a lone
 //!   apiserver has no controller-manager to finish deleting a namespace;
-//! - the only cluster-scoped object they share, the RoutingConfig CRD, is installed
-//!   idempotently from `crds/routingconfig.yaml` ([`Cluster::install_crd`]), and replaced only
-//!   when that file changed, so one test's install never disturbs another test's watches.
+//! - the only cluster-scoped objects they share, the RoutingConfig and RoutingShard CRDs, are
+//!   installed idempotently from `crds/` ([`Cluster::install_crd`]), and each replaced only when
+//!   its file changed, so one test's install never disturbs another test's watches.
 //!
 //! RoutingConfigs are written with server-side apply under [`TEST_FIELD_MANAGER`], as `kubectl
 //! apply --server-side` would, so the control plane's status is the only thing another manager
@@ -52,6 +52,12 @@ pub const CRD_NAME: &str = "routingconfigs.cellroute.dev";
 
 /// The CRD file users install, relative to this crate.
 const CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/routingconfig.yaml");
+
+/// Name of the RoutingShard CRD.
+pub const SHARD_CRD_NAME: &str = "routingshards.cellroute.dev";
+
+/// The RoutingShard CRD file, relative to this crate.
+const SHARD_CRD_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/routingshard.yaml");
 
 /// Annotation holding the SHA-256 of the CRD file a stored CRD was installed from.
 const CRD_SOURCE_ANNOTATION: &str = "tests.cellroute.dev/source-sha256";
@@ -215,27 +221,34 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Installs the CRD of `crds/routingconfig.yaml` unless the cluster already has that exact
-    /// file's CRD, then waits until it is `Established`. Safe to call from parallel tests.
+    /// Installs the CRDs of `crds/` (RoutingConfig and RoutingShard), each unless the cluster
+    /// already has that exact file's CRD, waits until they are `Established`, and returns the
+    /// RoutingConfig CRD. Safe to call from parallel tests.
     ///
-    /// The CRD goes through the API as a plain create or update, not server-side apply: a 1.20
+    /// A CRD goes through the API as a plain create or update, not server-side apply: a 1.20
     /// apiserver's typed apply rejects the `x-kubernetes-validations` field it does not know,
     /// while create and update store the CRD without it (1.20 has no CEL).
     ///
     /// # Panics
     ///
-    /// When the file cannot be read or the API server refuses the CRD.
+    /// When a file cannot be read or the API server refuses a CRD.
     pub async fn install_crd(&self, client: &Client) -> CustomResourceDefinition {
-        let text = std::fs::read_to_string(CRD_FILE).unwrap_or_else(|e| panic!("read {CRD_FILE}: {e}"));
+        self.install_crd_file(client, SHARD_CRD_FILE, SHARD_CRD_NAME)
+            .await;
+        self.install_crd_file(client, CRD_FILE, CRD_NAME).await
+    }
+
+    async fn install_crd_file(&self, client: &Client, file: &str, name: &str) -> CustomResourceDefinition {
+        let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("read {file}: {e}"));
         let digest = hex(&Sha256::digest(text.as_bytes()));
         let mut crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{CRD_FILE} is not a CRD: {e}"));
-        assert_eq!(crd.metadata.name.as_deref(), Some(CRD_NAME), "{CRD_FILE}");
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{file} is not a CRD: {e}"));
+        assert_eq!(crd.metadata.name.as_deref(), Some(name), "{file}");
         crd.annotations_mut()
             .insert(CRD_SOURCE_ANNOTATION.to_owned(), digest.clone());
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         eventually_every(
-            "the RoutingConfig CRD to be installed",
+            &format!("the CRD {name} to be installed"),
             K8S_SOON,
             K8S_POLL,
             || {
@@ -243,7 +256,7 @@ impl Cluster {
                 let mut crd = crd.clone();
                 let digest = digest.clone();
                 async move {
-                    let result = match api.get_opt(CRD_NAME).await.map_err(|e| e.to_string())? {
+                    let result = match api.get_opt(name).await.map_err(|e| e.to_string())? {
                         None => api.create(&PostParams::default(), &crd).await,
                         Some(current)
                             if current.annotations().get(CRD_SOURCE_ANNOTATION) == Some(&digest) =>
@@ -252,27 +265,27 @@ impl Cluster {
                         }
                         Some(current) => {
                             crd.metadata.resource_version = current.metadata.resource_version;
-                            api.replace(CRD_NAME, &PostParams::default(), &crd).await
+                            api.replace(name, &PostParams::default(), &crd).await
                         }
                     };
                     match result {
                         Ok(_) => Ok(()),
                         // Another test got there first; look again.
                         Err(e) if status_code(&e) == Some(409) => Err(e.to_string()),
-                        Err(e) => panic!("the API server refused the CRD of {CRD_FILE}: {e}"),
+                        Err(e) => panic!("the API server refused the CRD of {file}: {e}"),
                     }
                 }
             },
         )
         .await;
         eventually_every(
-            "the RoutingConfig CRD to be Established",
+            &format!("the CRD {name} to be Established"),
             K8S_SOON,
             K8S_POLL,
             || {
                 let api = api.clone();
                 async move {
-                    let crd = api.get(CRD_NAME).await.map_err(|e| e.to_string())?;
+                    let crd = api.get(name).await.map_err(|e| e.to_string())?;
                     let established = crd
                         .status
                         .as_ref()
@@ -790,7 +803,7 @@ pub fn edit(text: &str, edits: &[(&str, &str)]) -> String {
 }
 
 /// The row of `kubectl get rtc NAME -n NAMESPACE`, as columns: NAME, ACCEPTED, VERSION, SYNCED
-/// (AGE left out).
+/// (SHARDS and AGE left out).
 pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
     let table = cluster
         .kubectl_ok(&["get", "rtc", name, "-n", namespace], None)
@@ -799,7 +812,7 @@ pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<Stri
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"],
+        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"],
         "{table}"
     );
     let row: Vec<String> = lines
@@ -808,6 +821,6 @@ pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<Stri
         .split_whitespace()
         .map(str::to_owned)
         .collect();
-    assert_eq!(row.len(), 5, "{table}");
+    assert_eq!(row.len(), 6, "{table}");
     row[..4].to_vec()
 }

@@ -32,6 +32,7 @@
 //!   that is not on loopback;
 //! - [`scripted_cp`]: the server side of the snapshot protocol, sending what a data-plane test
 //!   says (bursts, refusable snapshots) where the real control plane never would;
+//! - [`split`]: large routing files and the real `control-plane split`;
 //! - [`wait`]: polling for a condition with a deadline, never sleeping instead of waiting.
 //!
 //! Everything here listens on and connects to 127.0.0.1 only (and to the API server of
@@ -68,6 +69,7 @@ pub mod push;
 pub mod push_k8s;
 pub mod relay;
 pub mod scripted_cp;
+pub mod split;
 pub mod tls_cell;
 pub mod wait;
 pub mod websocket;

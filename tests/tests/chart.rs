@@ -96,6 +96,7 @@ fn renders_defaults_and_the_ha_tls_set() {
             "ClusterRoleBinding",
             "ConfigMap",
             "CustomResourceDefinition",
+            "CustomResourceDefinition",
             "Deployment",
             "MutatingWebhookConfiguration",
             "Role",
@@ -243,6 +244,35 @@ fn the_crd_is_a_template_with_cel_rules_only_where_the_server_evaluates_them() {
         "templates/crd-routingconfig.yaml",
     ]);
     assert!(object(&unkept, "CustomResourceDefinition", None)["metadata"]["annotations"].is_null());
+
+    // The RoutingShard CRD, the same way (it has no CEL rules: what it is checked against lives
+    // in another object).
+    let shard_file: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/routingshard.yaml"))
+            .expect("CRD file"),
+    )
+    .expect("CRD YAML");
+    for version in ["1.20.2", "1.33.1"] {
+        let docs = render(&[
+            "--kube-version",
+            version,
+            "--show-only",
+            "templates/crd-routingshard.yaml",
+        ]);
+        let crd = object(
+            &docs,
+            "CustomResourceDefinition",
+            Some("routingshards.cellroute.dev"),
+        );
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "uninstall keeps the CRD"
+        );
+        assert_eq!(
+            crd["spec"], shard_file["spec"],
+            "Kubernetes {version}: the template's CRD differs from crds/routingshard.yaml"
+        );
+    }
     for off in ["crds.install=false", "controlPlane.enabled=false"] {
         let out = helm(&[
             "template",
@@ -654,6 +684,14 @@ fn chart_with_own_crd(dir: &Path, group: &str, edit: impl Fn(String) -> String) 
         .replace("- rtc\n", "- rtctest\n");
     assert_ne!(renamed, crd);
     std::fs::write(&crd_path, edit(renamed)).expect("write the CRD template");
+    let shard_path = copy.join("templates/crd-routingshard.yaml");
+    let shard = std::fs::read_to_string(&shard_path).expect("the RoutingShard CRD template");
+    let renamed = shard
+        .replace("routingshards.cellroute.dev", &format!("routingshards.{group}"))
+        .replace("group: cellroute.dev", &format!("group: {group}"))
+        .replace("- rts\n", "- rtstest\n");
+    assert_ne!(renamed, shard);
+    std::fs::write(&shard_path, renamed).expect("write the RoutingShard CRD template");
     copy.display().to_string()
 }
 
@@ -704,7 +742,10 @@ async fn helm_installs_upgrades_and_keeps_the_crd() {
         .expect("JSON")
     };
     let stored = get_crd().await;
-    assert_eq!(columns(&stored), ["Accepted", "Version", "Synced", "Age"]);
+    assert_eq!(
+        columns(&stored),
+        ["Accepted", "Version", "Synced", "Shards", "Age"]
+    );
     assert_eq!(
         stored["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
@@ -745,8 +786,10 @@ async fn helm_installs_upgrades_and_keeps_the_crd() {
     ]);
     let kept = get_crd().await;
     assert_eq!(kept["metadata"]["name"], crd_name.as_str());
+    let shard_crd = format!("routingshards.{group}");
+    cluster.kubectl_ok(&["get", "crd", &shard_crd], None).await;
     cluster
-        .kubectl_ok(&["delete", "crd", &crd_name, "--wait=false"], None)
+        .kubectl_ok(&["delete", "crd", &crd_name, &shard_crd, "--wait=false"], None)
         .await;
 }
 

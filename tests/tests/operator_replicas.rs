@@ -211,10 +211,11 @@ async fn restarted_control_plane_still_serves_the_last_good_snapshot_of_a_reject
     );
     // It did so because the record carries this control plane's signature, and found nothing
     // to distrust.
-    assert!(snapshot.served_spec_signature.is_some(), "{snapshot:?}");
+    assert!(snapshot.signature.is_some(), "{snapshot:?}");
     cp.wait_for_log("the recovery audit line", K8S_SOON, |r| {
         field(r, "target") == Some("audit")
-            && field(r, "message").is_some_and(|m| m.starts_with("recovered the last valid version"))
+            && field(r, "message")
+                .is_some_and(|m| m.starts_with("recovered the served table from the status"))
             && r["version"] == 1
     })
     .await;

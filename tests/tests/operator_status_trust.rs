@@ -68,7 +68,7 @@ impl Rejected {
             .expect("status.snapshot while generation 2 is rejected");
         assert_eq!(recorded.version, 1);
         assert!(
-            recorded.served_spec.is_some() && recorded.served_spec_signature.is_some(),
+            recorded.served_spec.is_some() && recorded.signature.is_some(),
             "the served spec travels signed while the current generation is rejected: {recorded:?}"
         );
         cp.stop().await;
@@ -186,7 +186,7 @@ impl Rejected {
         let snapshot = obj.status.and_then(|s| s.snapshot).expect("snapshot");
         assert_eq!(snapshot.version, 3, "{snapshot:?}");
         assert!(
-            snapshot.served_spec.is_none() && snapshot.served_spec_signature.is_none(),
+            snapshot.served_spec.is_none() && snapshot.signature.is_some(),
             "{snapshot:?}"
         );
         snapshot
@@ -236,7 +236,15 @@ fn hash_of(spec: &Value) -> String {
 
 /// The signature format the README documents, computed here independently of the control plane:
 /// `hmac-sha256:<key id>:<base64url MAC>` over the record's lines.
-fn sign(key: &[u8], namespace: &str, name: &str, uid: &str, version: i64, hash: &str) -> String {
+fn sign(
+    key: &[u8],
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    version: i64,
+    hash: &str,
+    generation: i64,
+) -> String {
     use sha2::Digest as _;
     let id: String = sha2::Sha256::new()
         .chain_update(b"cellroute status key id\n")
@@ -245,7 +253,8 @@ fn sign(key: &[u8], namespace: &str, name: &str, uid: &str, version: i64, hash: 
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let message = format!("cellroute.dev/served-spec/v1\n{namespace}\n{name}\n{uid}\n{version}\n{hash}");
+    let message =
+        format!("cellroute.dev/served-table/v1\n{namespace}\n{name}\n{uid}\n{version}\n{hash}\n{generation}");
     let tag = ring::hmac::sign(
         &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
         message.as_bytes(),
@@ -309,14 +318,14 @@ async fn a_table_nobody_applied_with_its_matching_hash_is_not_served_and_is_repo
 async fn an_unsigned_served_spec_is_not_served_and_is_reported() {
     let r = Rejected::start("trust-unsigned").await;
     let evil = evil_spec();
-    r.forge(json!({"servedSpec": encode(&evil), "hash": hash_of(&evil), "servedSpecSignature": null}))
+    r.forge(json!({"servedSpec": encode(&evil), "hash": hash_of(&evil), "signature": null}))
         .await;
     let stored = r.rtc.get("routes").await;
     assert!(
         stored
             .status
             .and_then(|s| s.snapshot)
-            .is_some_and(|s| s.served_spec_signature.is_none()),
+            .is_some_and(|s| s.signature.is_none()),
         "the forgery was not stored"
     );
     let cp = r.fresh_replica_refusing("missing_signature").await;
@@ -333,16 +342,15 @@ async fn an_unsigned_served_spec_is_not_served_and_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_record_with_a_version_above_the_generation_is_refused_and_later_generations_are_served() {
+async fn a_signed_record_with_a_version_out_of_range_is_refused_and_later_generations_are_served() {
     let r = Rejected::start("trust-version").await;
-    // An attacker holding the key signs the honest content with a huge version: accepted, it
-    // would make every later generation look older than what is served.
+    // An attacker holding the key signs the honest content with a version near the end of the
+    // line: accepted, the next versions would overflow it.
     let key = r.status_key().await;
-    let huge = 1_000_000_000_000_i64;
-    let signature = sign(&key, &r.namespace, "routes", &r.uid, huge, &r.recorded.hash);
-    r.forge(json!({"version": huge, "servedSpecSignature": signature}))
-        .await;
-    let cp = r.fresh_replica_refusing("version_not_below_generation").await;
+    let huge = 1_i64 << 60;
+    let signature = sign(&key, &r.namespace, "routes", &r.uid, huge, &r.recorded.hash, 1);
+    r.forge(json!({"version": huge, "signature": signature})).await;
+    let cp = r.fresh_replica_refusing("version_out_of_range").await;
     r.assert_serves_nothing(&cp).await;
     // The next generation is served, not mistaken for an older one.
     r.fix_and_wait_served(&cp).await;
@@ -350,8 +358,8 @@ async fn a_signed_record_with_a_version_above_the_generation_is_refused_and_late
     // The signature the test computed is the control plane's own format: the same record at
     // version 1 is the honest one it wrote.
     assert_eq!(
-        sign(&key, &r.namespace, "routes", &r.uid, 1, &r.recorded.hash),
-        r.recorded.served_spec_signature.clone().unwrap_or_default(),
+        sign(&key, &r.namespace, "routes", &r.uid, 1, &r.recorded.hash, 1),
+        r.recorded.signature.clone().unwrap_or_default(),
         "the README's signature format does not match what the control plane writes"
     );
 }
@@ -375,12 +383,12 @@ async fn a_running_leader_removes_a_forged_snapshot_reports_it_and_restores_its_
             // recovered it).
             match obj.status.as_ref().and_then(|s| s.snapshot.as_ref()) {
                 Some(s)
-                    if (s.version, &s.hash, &s.served_spec, &s.served_spec_signature)
+                    if (s.version, &s.hash, &s.served_spec, &s.signature)
                         == (
                             r.recorded.version,
                             &r.recorded.hash,
                             &r.recorded.served_spec,
-                            &r.recorded.served_spec_signature,
+                            &r.recorded.signature,
                         ) =>
                 {
                     Ok(())

@@ -277,7 +277,7 @@ async fn an_invalid_apply_changes_nothing_on_the_data_planes() {
         // A rejected generation is never Synced; the message says what the fleet still runs.
         assert_eq!(
             condition_of(&obj, "Synced").message.clone(),
-            "generation 2 was rejected (see Accepted) and is not served; data planes stay on generation 1 (2 of 2 \
+            "generation 2 was rejected (see Accepted) and is not served; data planes stay on version 1 (2 of 2 \
              applied it)"
         );
         assert_eq!(status.snapshot.expect("snapshot").hash, good_hash);

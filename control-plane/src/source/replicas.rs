@@ -142,6 +142,11 @@ pub async fn report_loop(
         }
         for obj in reader.state() {
             let Some(key) = ObjectKey::of(&obj) else { continue };
+            if obj.status.as_ref().and_then(|s| s.data_planes.as_ref()).is_none() {
+                // The status writer has not written the totals yet, and an entry alone is not a
+                // valid `dataPlanes`: the next tick writes it.
+                continue;
+            }
             let counts = local_counts(&store, &registry, &key);
             let version = store.served_ref(&key).map(|r| r.version);
             let mine = obj
