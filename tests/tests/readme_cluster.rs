@@ -201,7 +201,7 @@ async fn the_readme_cluster_section_works_verbatim() {
     let header = lines
         .iter()
         .position(|l| {
-            l.split_whitespace().collect::<Vec<_>>() == ["NAME", "ACCEPTED", "VERSION", "SYNCED", "AGE"]
+            l.split_whitespace().collect::<Vec<_>>() == ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"]
         })
         .unwrap_or_else(|| panic!("no `kubectl get rtc` table in:\n{stdout}"));
     let row: Vec<&str> = lines
@@ -209,8 +209,8 @@ async fn the_readme_cluster_section_works_verbatim() {
         .map(|l| l.split_whitespace().collect())
         .unwrap_or_default();
     assert_eq!(
-        row.get(..4),
-        Some(&["routes", "True", "1", "1/1"][..]),
+        row.get(..5),
+        Some(&["routes", "True", "1", "1/1", "0"][..]),
         "{stdout}"
     );
     let rtc = Api::<RoutingConfig>::namespaced(admin.clone(), "default")
