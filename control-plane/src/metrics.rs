@@ -66,6 +66,12 @@ pub struct Metrics {
     pub snapshot_bytes: Gauge,
     /// Size of the same message gzip-compressed (what data planes with `gzip` receive).
     pub snapshot_compressed_bytes: Gauge,
+    /// Size of the last delta message (the changes from the version before).
+    pub delta_bytes: Gauge,
+    /// Versions sent as deltas (each also counts in `pushes`).
+    pub delta_pushes: Counter,
+    /// Deltas a data plane could not apply and answered asking for the full snapshot.
+    pub delta_resyncs: Counter,
     refused: Family<ReasonLabels, Counter>,
     /// Data-plane sessions that panicked (caught at the session boundary).
     pub session_panics: Counter,
@@ -117,6 +123,9 @@ impl Metrics {
         let leader = Gauge::default();
         let connected_data_planes = Gauge::default();
         let pushes = Counter::default();
+        let delta_bytes = Gauge::default();
+        let delta_pushes = Counter::default();
+        let delta_resyncs = Counter::default();
         let acks = Counter::default();
         let nacks = Counter::default();
         let convergence = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
@@ -185,8 +194,23 @@ impl Metrics {
         );
         registry.register(
             "cellroute_snapshot_pushes",
-            "Snapshots sent to data planes",
+            "Snapshots sent to data planes, whole or as deltas",
             pushes.clone(),
+        );
+        registry.register(
+            "cellroute_delta_pushes",
+            "Versions sent to data planes as deltas (the changes from a version they have)",
+            delta_pushes.clone(),
+        );
+        registry.register(
+            "cellroute_delta_resyncs",
+            "Deltas a data plane could not apply, answered with the full snapshot",
+            delta_resyncs.clone(),
+        );
+        registry.register(
+            "cellroute_delta_bytes",
+            "Size of the last delta message",
+            delta_bytes.clone(),
         );
         registry.register(
             "cellroute_snapshot_acks",
@@ -275,6 +299,9 @@ impl Metrics {
             leader,
             connected_data_planes,
             pushes,
+            delta_bytes,
+            delta_pushes,
+            delta_resyncs,
             acks,
             nacks,
             convergence,

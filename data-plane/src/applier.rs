@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use routing_model::protocol::{Ordering, SnapshotMessage, SnapshotRef};
+use routing_model::protocol::{DeltaMessage, Ordering, SnapshotMessage, SnapshotRef};
 use routing_model::{ConfigDiff, ConfigError, ContentHash, ValidatedConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -83,12 +83,39 @@ pub enum ApplyError {
         /// The hash of the content.
         computed: ContentHash,
     },
+    /// A delta whose base is neither the active snapshot nor the last one pushed.
+    #[error(
+        "delta from version {base} does not apply: this data plane has {have}; asking for the full snapshot"
+    )]
+    DeltaBase {
+        /// The base version the delta names.
+        base: i64,
+        /// What this data plane has, in words.
+        have: String,
+    },
+    /// A delta that does not apply to its base, or whose result does not hash to its target.
+    #[error("delta to version {version} does not apply: {why}; asking for the full snapshot")]
+    DeltaMismatch {
+        /// The target version.
+        version: i64,
+        /// What went wrong.
+        why: String,
+    },
     /// Asked to return to the control plane before it sent anything.
     #[error("no control-plane snapshot has been received yet; the data plane stays on its current table")]
     NoSnapshot,
 }
 
 impl ApplyError {
+    /// True when the control plane should answer with a full snapshot: a delta that did not
+    /// apply to what this data plane has.
+    pub fn wants_full_snapshot(&self) -> bool {
+        matches!(
+            self,
+            ApplyError::DeltaBase { .. } | ApplyError::DeltaMismatch { .. }
+        )
+    }
+
     /// True when the *content* was refused (these count as reload failures and set `last_error`);
     /// false for refusals caused by the data plane's mode or by the request itself.
     pub fn is_content_error(&self) -> bool {
@@ -98,6 +125,7 @@ impl ApplyError {
                 | ApplyError::Rollback(_)
                 | ApplyError::Refused(_)
                 | ApplyError::Stale { .. }
+                | ApplyError::DeltaBase { .. }
                 | ApplyError::NoSnapshot
         )
     }
@@ -157,6 +185,10 @@ enum Command {
     ApplySnapshot {
         snapshot: Arc<SnapshotMessage>,
         source: Source,
+        reply: Reply,
+    },
+    ApplyDelta {
+        delta: Arc<DeltaMessage>,
         reply: Reply,
     },
     SetSource {
@@ -227,6 +259,13 @@ impl ApplierHandle {
             reply,
         })
         .await
+    }
+
+    /// Applies a pushed delta: the changes from the snapshot it names as base (the active one, or
+    /// the last one pushed) to the next. Applied like the full snapshot it makes, which must hash
+    /// to the delta's target.
+    pub async fn apply_delta(&self, delta: Arc<DeltaMessage>) -> Result<Applied, ApplyError> {
+        self.ask(|reply| Command::ApplyDelta { delta, reply }).await
     }
 
     /// Break-glass: pin the data plane to its local file, or hand it back to the control plane.
@@ -357,12 +396,82 @@ impl Applier {
                     let result = self.apply_snapshot(change, snapshot, source, trigger).await;
                     let _ = reply.send(self.record(result, source, trigger));
                 }
+                Command::ApplyDelta { delta, reply } => {
+                    let (source, trigger) = (Source::ControlPlane, Trigger::Push);
+                    let result = match self.resolve(&delta).await {
+                        Ok(snapshot) => {
+                            self.latest_pushed = Some(snapshot.clone());
+                            self.apply_snapshot(Change::Push, snapshot, source, trigger)
+                                .await
+                                .map_err(|e| match e {
+                                    ApplyError::HashMismatch { claimed, computed } => {
+                                        ApplyError::DeltaMismatch {
+                                            version: delta.snapshot.version,
+                                            why: format!("the result hashes to {computed}, not {claimed}"),
+                                        }
+                                    }
+                                    other => other,
+                                })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if result.is_ok() {
+                        self.metrics.deltas_applied.inc();
+                    }
+                    let _ = reply.send(self.record(result, source, trigger));
+                }
                 Command::SetSource { source, reply } => {
                     let result = self.set_source(source).await;
                     let _ = reply.send(result);
                 }
             }
         }
+    }
+
+    /// The full snapshot a delta makes from its base: the last snapshot pushed (what the control
+    /// plane last sent, applied or not, as while pinned to the file) or the active one. Built on a
+    /// blocking thread: it copies the base table.
+    async fn resolve(&self, delta: &Arc<DeltaMessage>) -> Result<Arc<SnapshotMessage>, ApplyError> {
+        let pushed = self
+            .latest_pushed
+            .clone()
+            .filter(|p| p.snapshot == delta.base && p.routing_config == delta.routing_config);
+        let active = self.state.active.load_full();
+        let base: Box<dyn Fn() -> routing_model::RoutingConfigSpec + Send> = match (pushed, active) {
+            (Some(pushed), _) => Box::new(move || pushed.spec.clone()),
+            (None, Some(active)) if active.snapshot.as_ref() == Some(&delta.base) => {
+                Box::new(move || active.config.spec().clone())
+            }
+            (None, active) => {
+                let have = match active.as_ref().and_then(|a| a.snapshot.as_ref()) {
+                    Some(s) if s.lineage == delta.base.lineage => format!("version {}", s.version),
+                    Some(_) => "a snapshot of another lineage".to_owned(),
+                    None => "no control-plane snapshot".to_owned(),
+                };
+                return Err(ApplyError::DeltaBase {
+                    base: delta.base.version,
+                    have,
+                });
+            }
+        };
+        let delta = delta.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut spec = base();
+            delta
+                .changes
+                .apply(&mut spec, None)
+                .map_err(|e| ApplyError::DeltaMismatch {
+                    version: delta.snapshot.version,
+                    why: e.to_string(),
+                })?;
+            Ok(Arc::new(SnapshotMessage {
+                routing_config: delta.routing_config.clone(),
+                snapshot: delta.snapshot.clone(),
+                spec,
+            }))
+        })
+        .await
+        .map_err(|e| ApplyError::Panicked(e.to_string()))?
     }
 
     /// Asks precedence whether `change` may apply now; on success of `apply`, enters the mode it
@@ -737,10 +846,10 @@ fn build(
         Input::Snapshot(message) => {
             let config = routing_model::validate::validate(message.to_manifest())
                 .map_err(|e| ApplyError::Config(ConfigError::Invalid(e)))?;
-            if config.hash() != message.snapshot.hash {
+            if !message.snapshot.hash.matches(config.spec(), config.hash()) {
                 return Err(ApplyError::HashMismatch {
                     claimed: message.snapshot.hash,
-                    computed: config.hash(),
+                    computed: ContentHash::of_spec_in(message.snapshot.hash.scheme(), config.spec()),
                 });
             }
             if let Some(active) = previous.as_ref().and_then(|p| p.snapshot.as_ref())

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MAX_NACK_ERROR_BYTES, MissingReason,
-    PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotMessage, SnapshotRef, truncate,
+    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MAX_NACK_ERROR_BYTES,
+    MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotRef, truncate,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -50,7 +50,7 @@ use crate::metrics::Metrics;
 use crate::state::{SharedState, Source, unix_seconds};
 use crate::tls;
 pub use crate::tls::CaError;
-use answers::{Answers, Arrival};
+use answers::{Answers, Arrival, Push};
 
 /// How to reach and talk to the control plane.
 #[derive(Debug, Clone)]
@@ -224,6 +224,7 @@ async fn session(
             CAP_FULL_SNAPSHOT.to_owned(),
             CAP_GZIP.to_owned(),
             CAP_TOO_LARGE.to_owned(),
+            CAP_DELTA.to_owned(),
         ],
         max_message_bytes: Some(settings.max_message_bytes as u64),
     });
@@ -297,10 +298,18 @@ async fn session(
                 activity.touch();
                 let decoded = decoded.map_err(|e| SessionError::Protocol(format!("decoding failed: {e}")))?;
                 match decoded? {
-                    ServerMessage::Snapshot(snapshot) => {
+                    message @ (ServerMessage::Snapshot(_) | ServerMessage::Delta(_)) => {
                         metrics.snapshots_received.inc();
                         set_orphaned(state, metrics, false);
-                        match answers.snapshot(snapshot) {
+                        let push = match message {
+                            ServerMessage::Delta(delta) => {
+                                metrics.deltas_received.inc();
+                                Push::Delta(delta)
+                            }
+                            ServerMessage::Snapshot(snapshot) => Push::Full(snapshot),
+                            _ => unreachable!("matched above"),
+                        };
+                        match answers.snapshot(push) {
                             Arrival::Apply(snapshot) => applying = Some(Applying::start(snapshot, applier)),
                             Arrival::Waits => {}
                             Arrival::Replaced { older, newer } => {
@@ -411,15 +420,20 @@ struct Applying {
 }
 
 impl Applying {
-    fn start(snapshot: SnapshotMessage, applier: &ApplierHandle) -> Self {
-        let reference = snapshot.snapshot.clone();
+    fn start(push: Push, applier: &ApplierHandle) -> Self {
+        let reference = push.snapshot().clone();
         let applier = applier.clone();
         Self {
             snapshot: reference,
             task: tokio::spawn(async move {
-                applier
-                    .apply_snapshot(Arc::new(snapshot), Source::ControlPlane)
-                    .await
+                match push {
+                    Push::Full(snapshot) => {
+                        applier
+                            .apply_snapshot(Arc::new(snapshot), Source::ControlPlane)
+                            .await
+                    }
+                    Push::Delta(delta) => applier.apply_delta(Arc::new(delta)).await,
+                }
             }),
         }
     }
@@ -470,7 +484,17 @@ fn answer(
             state.update_sync(|s| s.last_nack = None);
             ClientMessage::Ack { snapshot }
         }
-        Err(e) => nack(snapshot, &e.to_string(), state, metrics),
+        Err(e) => {
+            let resync = e.wants_full_snapshot();
+            match nack(snapshot, &e.to_string(), state, metrics) {
+                ClientMessage::Nack { snapshot, error, .. } => ClientMessage::Nack {
+                    snapshot,
+                    error,
+                    resync,
+                },
+                other => other,
+            }
+        }
     }
 }
 
@@ -480,7 +504,11 @@ fn nack(snapshot: SnapshotRef, error: &str, state: &SharedState, metrics: &Metri
     let error = bounded(error);
     tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
     state.update_sync(|s| s.last_nack = Some(format!("version {}: {error}", snapshot.version)));
-    ClientMessage::Nack { snapshot, error }
+    ClientMessage::Nack {
+        snapshot,
+        error,
+        resync: false,
+    }
 }
 
 /// `error` cut to [`MAX_NACK_ERROR_BYTES`], the `…` that marks the cut included.
@@ -507,7 +535,7 @@ fn handle(
             Ok(None)
         }
         // Applied beside the session loop; see `session`.
-        ServerMessage::Snapshot(_) => Ok(None),
+        ServerMessage::Snapshot(_) | ServerMessage::Delta(_) => Ok(None),
         ServerMessage::Missing {
             routing_config,
             reason,

@@ -17,7 +17,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use arbitrary::Arbitrary;
-use data_plane::control_plane::answers::{Answers, Arrival};
+use data_plane::control_plane::answers::{Answers, Arrival, Push};
 use libfuzzer_sys::fuzz_target;
 use routing_model::ContentHash;
 use routing_model::ledger::{LEDGER_ENTRIES, Ledger, Origin, Violation};
@@ -75,8 +75,8 @@ fn hash(byte: u8) -> ContentHash {
         .expect("a hash")
 }
 
-fn snapshot(reference: &SnapshotRef) -> SnapshotMessage {
-    SnapshotMessage {
+fn snapshot(reference: &SnapshotRef) -> Push {
+    Push::Full(SnapshotMessage {
         routing_config: "default/routes".into(),
         snapshot: reference.clone(),
         spec: serde_json::from_value(serde_json::json!({
@@ -84,7 +84,7 @@ fn snapshot(reference: &SnapshotRef) -> SnapshotMessage {
             "placementToEndpoint": {"a": "http://127.0.0.1:1"},
         }))
         .expect("a spec"),
-    }
+    })
 }
 
 fn answered(message: &ClientMessage) -> (&SnapshotRef, bool) {
@@ -289,6 +289,7 @@ fuzz_target!(|input: Input| {
                 let nack = ClientMessage::Nack {
                     snapshot: r,
                     error: "too large".into(),
+                    resync: false,
                 };
                 outbox.extend(answers.refuse(nack));
             }
@@ -309,6 +310,7 @@ fuzz_target!(|input: Input| {
             ClientMessage::Nack {
                 snapshot: applying,
                 error: "refused".into(),
+                resync: false,
             }
         };
         let (due, next) = answers.finished(reply);

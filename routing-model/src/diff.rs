@@ -64,14 +64,14 @@ pub struct ConfigDiff {
     pub customer_header: Option<Changed>,
 }
 
-enum Side<'a> {
+pub(crate) enum Side<'a> {
     Old(&'a String, &'a String),
     New(&'a String, &'a String),
     Both(&'a String, &'a String, &'a String),
 }
 
 /// Walks two sorted maps in step, yielding each key once.
-fn merge<'a>(
+pub(crate) fn merge<'a>(
     old: &'a BTreeMap<String, String>,
     new: &'a BTreeMap<String, String>,
 ) -> impl Iterator<Item = Side<'a>> {

@@ -15,6 +15,8 @@
 //! - [`compose`]: one table from a RoutingConfig and its RoutingShards, checked with the same
 //!   rules, each error naming its object;
 //! - [`diff`]: what changed between two configs, for audit logs and history;
+//! - [`delta`]: a change between two versions as data planes receive it (a merge patch);
+//! - [`digest`]: the content hash as a hash tree, updated in the time of a change;
 //! - [`endpoint`]: endpoint URLs, parsed the one way validation and the proxy both use;
 //! - [`protocol`]: the WebSocket messages between control plane and data planes;
 //! - [`ledger`]: which ACKs and NACKs a session may receive, given what it was sent.
@@ -31,7 +33,9 @@ pub mod compose;
 pub mod compression;
 #[cfg(feature = "kube")]
 pub mod crd;
+pub mod delta;
 pub mod diff;
+pub mod digest;
 pub mod endpoint;
 pub mod hash;
 pub mod ledger;

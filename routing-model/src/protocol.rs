@@ -9,11 +9,12 @@
 //! (applied) or a NACK (refused, with the error); a NACKed snapshot never replaces its table.
 //!
 //! Compatibility: both sides ignore unknown fields, and the control plane only sends message
-//! kinds and encodings the data plane announced in its `capabilities` (today: [`CAP_GZIP`]),
-//! which leaves room for delta updates without breaking old data planes.
+//! kinds and encodings the data plane announced in its `capabilities` ([`CAP_GZIP`],
+//! [`CAP_TOO_LARGE`], [`CAP_DELTA`]), so old data planes keep working with new control planes.
 
 use serde::{Deserialize, Serialize};
 
+use crate::delta::SpecChanges;
 use crate::hash::ContentHash;
 use crate::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest, RoutingConfigSpec};
 
@@ -29,6 +30,11 @@ pub const CAP_GZIP: &str = "gzip";
 /// Capability: the data plane understands [`ServerMessage::TooLarge`], sent instead of a snapshot
 /// that would exceed the limit it announced in [`Hello::max_message_bytes`], and NACKs it.
 pub const CAP_TOO_LARGE: &str = "too-large";
+/// Capability: the data plane applies [`ServerMessage::Delta`] (the changes from a base version
+/// it has to the next), and every snapshot reference on the session carries a content hash in
+/// the table scheme ([`crate::hash::HashScheme::Table`]). Without it a session is sent full
+/// snapshots with hashes in the JSON scheme, as before delta push.
+pub const CAP_DELTA: &str = "delta";
 /// Default bound on one control-plane message (for a compressed snapshot: its decompressed
 /// size).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -116,6 +122,11 @@ pub enum ClientMessage {
         snapshot: SnapshotRef,
         /// Why, naming the offending key where there is one.
         error: String,
+        /// Set when a delta could not be applied to the table the data plane has (another base,
+        /// or a result that does not hash to the target): the control plane answers with the
+        /// full snapshot of the version it serves.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resync: bool,
     },
 }
 
@@ -160,6 +171,20 @@ impl SnapshotMessage {
     }
 }
 
+/// The changes from a version the data plane has to the next one (sent only with [`CAP_DELTA`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaMessage {
+    /// `namespace/name`.
+    pub routing_config: String,
+    /// The snapshot the changes apply to; the data plane applies them only when it is the one it
+    /// serves.
+    pub base: SnapshotRef,
+    /// The snapshot they make: the result must hash to `snapshot.hash`.
+    pub snapshot: SnapshotRef,
+    /// What changed: a JSON merge patch of the spec.
+    pub changes: SpecChanges,
+}
+
 /// Why no snapshot is available for the subscribed RoutingConfig.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,6 +203,8 @@ pub enum ServerMessage {
     Welcome(Welcome),
     /// A new version to apply.
     Snapshot(SnapshotMessage),
+    /// A new version as the changes from one the data plane has.
+    Delta(DeltaMessage),
     /// No snapshot is available; keep serving the current table.
     Missing {
         /// `namespace/name`.

@@ -127,6 +127,22 @@ impl Peer {
         message
     }
 
+    /// The next message, which must carry a new version: a `snapshot`, or a `delta` (the peer
+    /// offered `delta`; both name the version in their `snapshot` field).
+    ///
+    /// # Panics
+    ///
+    /// When it is another kind.
+    pub async fn expect_version(&mut self) -> Value {
+        let message = self.next().await;
+        assert!(
+            message["type"] == "snapshot" || message["type"] == "delta",
+            "{}: expected a snapshot or a delta: {message}",
+            self.what
+        );
+        message
+    }
+
     /// Sends `hello`, and reads the welcome and, unless the welcome says up to date, the
     /// snapshot that follows; returns the snapshot's `snapshot` field (`null` when up to date).
     pub async fn subscribe(&mut self, hello: &str) -> Value {
@@ -177,8 +193,8 @@ impl Peer {
 }
 
 /// A hello of data plane `id` for `routing_config`, with `applied` (a snapshot reference as
-/// JSON, or `null`), the capabilities a real data plane offers, and `max_message_bytes` if
-/// given.
+/// JSON, or `null`), the capabilities a real data plane offers but `gzip` (so every message is a
+/// text frame), and `max_message_bytes` if given.
 pub fn hello(id: &str, routing_config: &str, applied: &Value, max_message_bytes: Option<u64>) -> String {
     let mut hello = json!({
         "type": "hello",
@@ -186,7 +202,10 @@ pub fn hello(id: &str, routing_config: &str, applied: &Value, max_message_bytes:
         "routing_config": routing_config,
         "applied": applied,
         "protocol": routing_model::protocol::PROTOCOL_VERSION,
-        "capabilities": [routing_model::protocol::CAP_FULL_SNAPSHOT],
+        "capabilities": [
+            routing_model::protocol::CAP_FULL_SNAPSHOT,
+            routing_model::protocol::CAP_DELTA,
+        ],
     });
     if let Some(limit) = max_message_bytes {
         hello["max_message_bytes"] = json!(limit);

@@ -592,9 +592,17 @@ pub fn signal(pid: u32, signal: rustix::process::Signal) {
 }
 
 /// The JSON text of a `hello` for data plane `id`, subscribing to [`OBJECT`] with `applied`
-/// (a `SnapshotRef` as JSON) as its current snapshot.
+/// (a `SnapshotRef` as JSON) as its current snapshot, offering what a current data plane offers
+/// but `gzip` (every message is a text frame) and `too-large`.
 pub fn hello(id: &str, applied: Option<&Value>) -> String {
-    hello_with(id, applied, &[routing_model::protocol::CAP_FULL_SNAPSHOT])
+    hello_with(
+        id,
+        applied,
+        &[
+            routing_model::protocol::CAP_FULL_SNAPSHOT,
+            routing_model::protocol::CAP_DELTA,
+        ],
+    )
 }
 
 /// A hello offering `capabilities`.

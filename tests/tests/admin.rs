@@ -521,7 +521,9 @@ async fn the_config_view_describes_the_active_table() {
     let body = &config.json;
     assert_eq!(body["config_generation"], 1, "{config}");
     assert!(
-        body["hash"].as_str().is_some_and(|h| h.starts_with("sha256:")),
+        body["hash"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("table-sha256:")),
         "{config}"
     );
     assert_eq!(body["source"], "file", "{config}");

@@ -154,7 +154,7 @@ async fn valid_config_is_accepted_with_a_snapshot_status_and_an_event() {
     let snapshot = status.snapshot.expect("status.snapshot");
     assert_eq!(snapshot.version, 1);
     assert!(
-        snapshot.hash.starts_with("sha256:") && snapshot.hash.len() == 7 + 64,
+        snapshot.hash.starts_with("table-sha256:") && snapshot.hash.len() == "table-sha256:".len() + 64,
         "hash {}",
         snapshot.hash
     );

@@ -4,7 +4,7 @@
 //!
 //! - 100,000 customers split with `control-plane split` and applied with plain `kubectl apply -f
 //!   DIR` reach a data plane whole (every customer checked, from the table it applied), and a
-//!   one-customer edit of one shard is a new version that reaches it;
+//!   one-customer edit of one shard is a new version that reaches it as a delta of bytes;
 //! - a customer in two shards refuses the table, naming both, on both (status and Events); the
 //!   last valid table keeps serving;
 //! - an invalid shard refuses the table, naming the shard and key; a replica started meanwhile
@@ -403,8 +403,10 @@ async fn a_100k_customer_table_split_and_applied_with_kubectl_reaches_a_data_pla
         .sum();
     assert_eq!(customers, 100_000);
 
+    assert_eq!(s.dp.counter("cellroute_deltas_applied_total").await, 0.0);
+
     // A one-customer edit of one shard, applied the same way: a new version, and only that shard's
-    // status changes.
+    // status changes. It reaches the data plane as a delta of bytes, not as the table.
     let moved = "customer-0000042";
     let before = expected[moved].clone();
     let after = if before == "tier2" { "tier3" } else { "tier2" };
@@ -429,6 +431,12 @@ async fn a_100k_customer_table_split_and_applied_with_kubectl_reaches_a_data_pla
         "the edit did not arrive whole"
     );
     s.dp.wait_routes(&[(moved, after)], K8S_SOON).await;
+    assert_eq!(s.dp.counter("cellroute_deltas_applied_total").await, 1.0);
+    let delta_bytes = s.cp.metric("cellroute_delta_bytes", &[]).await;
+    assert!(
+        delta_bytes > 0.0 && delta_bytes <= 1024.0,
+        "a one-customer delta of {delta_bytes} bytes"
+    );
     let edited_shard = shard_file.trim_end_matches(".yaml");
     s.wait_rts("the edited shard served since the new version", |rows| {
         rows.iter().all(|(name, row)| {

@@ -102,7 +102,10 @@ async fn snapshots_are_compressed_only_for_data_planes_that_offer_gzip() {
     let addr = scene.cp.addr();
 
     let mut plain = open(addr).await;
-    plain.send_text(&hello("plain", None)).await.expect("hello");
+    plain
+        .send_text(&hello_with("plain", None, &[CAP_FULL_SNAPSHOT]))
+        .await
+        .expect("hello");
     let mut packed = open(addr).await;
     packed
         .send_text(&hello_with(
@@ -478,7 +481,15 @@ async fn a_stalled_data_plane_does_not_delay_the_others() {
         .await
         .expect("upgrade")
         .expect_accepted();
-    stalled.send_text(&hello("stalled", None)).await.expect("hello");
+    // Without `delta`, so every version is the whole table and its socket fills.
+    stalled
+        .send_text(&hello_with(
+            "stalled",
+            None,
+            &[routing_model::protocol::CAP_FULL_SNAPSHOT],
+        ))
+        .await
+        .expect("hello");
     let pinger = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -610,7 +621,7 @@ async fn light_session(
         match ws.recv().await? {
             Some(Frame::Text(text)) => {
                 let message: Value = serde_json::from_str(&text).map_err(io::Error::other)?;
-                if message["type"] == "snapshot" {
+                if message["type"] == "snapshot" || message["type"] == "delta" {
                     let snapshot = message["snapshot"].clone();
                     ws.send_text(&json!({"type": "ack", "snapshot": snapshot}).to_string())
                         .await?;

@@ -345,7 +345,7 @@ async fn acks_and_nacks_count_only_for_what_the_session_was_sent() {
 
     // v2 is NACKed; the replayed NACK is not a second rejection.
     let v2 = scene.publish(&tables[1]).await;
-    let s2 = peer.expect("snapshot").await["snapshot"].clone();
+    let s2 = peer.expect_version().await["snapshot"].clone();
     assert_eq!(s2["version"], v2);
     peer.nack(&s2, "refused by the test").await;
     scene.cp.wait_state(&["peer"], "REJECTED", Some(v2), SOON).await;
@@ -361,9 +361,9 @@ async fn acks_and_nacks_count_only_for_what_the_session_was_sent() {
 
     // An older sent version may be answered just before a newer one (latest-wins delivery).
     let v3 = scene.publish(&tables[2]).await;
-    let s3 = peer.expect("snapshot").await["snapshot"].clone();
+    let s3 = peer.expect_version().await["snapshot"].clone();
     let v4 = scene.publish(&tables[3]).await;
-    let s4 = peer.expect("snapshot").await["snapshot"].clone();
+    let s4 = peer.expect_version().await["snapshot"].clone();
     assert_eq!(
         (s3["version"].as_i64(), s4["version"].as_i64()),
         (Some(v3), Some(v4))
@@ -417,7 +417,7 @@ async fn acks_and_nacks_count_only_for_what_the_session_was_sent() {
 
     // Still a working session: the next version is delivered and ACKed.
     let v5 = scene.publish(&tables[4]).await;
-    let s5 = peer.expect("snapshot").await["snapshot"].clone();
+    let s5 = peer.expect_version().await["snapshot"].clone();
     peer.ack(&s5).await;
     scene.cp.wait_state(&["peer"], "SYNCED", Some(v5), SOON).await;
 
@@ -459,7 +459,7 @@ async fn a_data_plane_that_answers_late_is_sent_no_more_than_its_session_checks(
         newest = scene.publish(table).await;
     }
     for _ in 1..LEDGER_ENTRIES {
-        received.push(peer.expect("snapshot").await["snapshot"].clone());
+        received.push(peer.expect_version().await["snapshot"].clone());
     }
     let versions: Vec<i64> = received.iter().filter_map(|s| s["version"].as_i64()).collect();
     assert_eq!(versions.len(), LEDGER_ENTRIES);
@@ -475,7 +475,7 @@ async fn a_data_plane_that_answers_late_is_sent_no_more_than_its_session_checks(
         peer.nack(snapshot, "superseded: a newer version arrived").await;
     }
     // Held back until there was room, the newest version is what comes next (latest wins).
-    let next = peer.expect("snapshot").await["snapshot"].clone();
+    let next = peer.expect_version().await["snapshot"].clone();
     assert_eq!(next["version"], newest, "{next}");
     peer.ack(&next).await;
     scene.cp.wait_state(&["slow"], "SYNCED", Some(newest), SOON).await;

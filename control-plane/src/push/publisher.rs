@@ -3,30 +3,94 @@
 //! Every object with subscribers has a `watch` channel holding what they should have now. A
 //! watch channel keeps only the newest value, which is exactly latest-wins: a data plane that
 //! falls behind skips intermediate versions instead of queueing them.
+//!
+//! Each version is encoded in the forms a session may send, each once per version: the full
+//! snapshot, the delta from the version published before it (for data planes with `delta` that
+//! have that one), and, only once a data plane without `delta` asks for it, the full snapshot
+//! with its hash in the JSON scheme those data planes check.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
-use routing_model::protocol::{MissingReason, SnapshotMessageRef, SnapshotRef};
+use routing_model::delta::SpecChanges;
+use routing_model::protocol::{DeltaMessage, MissingReason, ServerMessage, SnapshotMessageRef, SnapshotRef};
+use routing_model::{ContentHash, ValidatedConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::snapshot::{ObjectKey, SnapshotStore};
 
-/// A snapshot message, serialized once.
+/// A full snapshot message, serialized once.
+#[derive(Debug)]
+pub struct Full {
+    /// Which snapshot, with its hash in the scheme this form carries.
+    pub reference: SnapshotRef,
+    /// The JSON text of the [`routing_model::protocol::ServerMessage::Snapshot`].
+    pub text: Utf8Bytes,
+    /// The same text, gzip-compressed, for data planes that negotiated `gzip`.
+    pub gzip: bytes::Bytes,
+}
+
+impl Full {
+    fn encode(key: &str, reference: SnapshotRef, config: &ValidatedConfig) -> Self {
+        // Borrowed, not cloned: a large table is serialized straight from the served snapshot.
+        let text = SnapshotMessageRef {
+            routing_config: key,
+            snapshot: &reference,
+            spec: config.spec(),
+        }
+        .to_json();
+        // Compressed once here rather than per session: every gzip subscriber shares it.
+        let gzip = routing_model::compression::gzip(text.as_bytes());
+        Self {
+            reference,
+            text: Utf8Bytes::from(text),
+            gzip: gzip.into(),
+        }
+    }
+}
+
+/// A delta message, serialized once.
+#[derive(Debug)]
+pub struct Delta {
+    /// The snapshot it applies to.
+    pub base: SnapshotRef,
+    /// The JSON text of the [`routing_model::protocol::ServerMessage::Delta`].
+    pub text: Utf8Bytes,
+}
+
+/// One version in every form a session may send.
 #[derive(Debug)]
 pub struct Encoded {
     /// Which snapshot.
     pub reference: SnapshotRef,
     /// When the control plane accepted it (for the convergence histogram).
     pub accepted_at: SystemTime,
-    /// The JSON text of the [`routing_model::protocol::ServerMessage::Snapshot`].
-    pub text: Utf8Bytes,
-    /// The same text, gzip-compressed, for data planes that negotiated `gzip`.
-    pub gzip: bytes::Bytes,
+    /// The full snapshot.
+    pub full: Full,
+    /// The changes from the version published before, when they are smaller than `full`.
+    pub delta: Option<Delta>,
+    /// The table, for the delta of the next version and the JSON-scheme form.
+    config: Arc<ValidatedConfig>,
+    key: String,
+    json: OnceLock<Full>,
+}
+
+impl Encoded {
+    /// The full snapshot with its hash in the JSON scheme, for data planes without `delta`
+    /// (computed once per version, by the first such session).
+    pub fn json(&self) -> &Full {
+        self.json.get_or_init(|| {
+            let reference = SnapshotRef {
+                hash: ContentHash::json_of_spec(self.config.spec()),
+                ..self.reference.clone()
+            };
+            Full::encode(&self.key, reference, &self.config)
+        })
+    }
 }
 
 /// What subscribers of one object should have.
@@ -124,25 +188,56 @@ impl Publisher {
             return Published::Snapshot(encoded.clone());
         }
         let started = std::time::Instant::now();
-        // Borrowed, not cloned: a large table is serialized straight from the served snapshot.
-        let text = SnapshotMessageRef {
-            routing_config: &key.to_string(),
-            snapshot: &reference,
-            spec: served.config.spec(),
-        }
-        .to_json();
-        // Compressed once here rather than per session: every gzip subscriber shares it.
-        let gzip = routing_model::compression::gzip(text.as_bytes());
+        let name = key.to_string();
+        let full = Full::encode(&name, reference.clone(), &served.config);
+        let delta = match previous {
+            Some(Published::Snapshot(before)) => {
+                delta(&name, before, &reference, &served.config, full.text.len())
+            }
+            _ => None,
+        };
         self.metrics
             .snapshot_encode
             .observe(started.elapsed().as_secs_f64());
-        self.metrics.snapshot_bytes.set(text.len() as i64);
-        self.metrics.snapshot_compressed_bytes.set(gzip.len() as i64);
+        self.metrics.snapshot_bytes.set(full.text.len() as i64);
+        self.metrics.snapshot_compressed_bytes.set(full.gzip.len() as i64);
+        if let Some(delta) = &delta {
+            self.metrics.delta_bytes.set(delta.text.len() as i64);
+        }
         Published::Snapshot(Arc::new(Encoded {
             reference,
             accepted_at: served.accepted_at,
-            text: Utf8Bytes::from(text),
-            gzip: gzip.into(),
+            full,
+            delta,
+            config: served.config.clone(),
+            key: name,
+            json: OnceLock::new(),
         }))
     }
+}
+
+/// The delta from `before` to `reference`, when both are of one lineage, it goes forward, and it
+/// is smaller than the full snapshot (`full_bytes`).
+fn delta(
+    key: &str,
+    before: &Encoded,
+    reference: &SnapshotRef,
+    config: &ValidatedConfig,
+    full_bytes: usize,
+) -> Option<Delta> {
+    if before.reference.lineage != reference.lineage || before.reference.version >= reference.version {
+        return None;
+    }
+    let message = ServerMessage::Delta(DeltaMessage {
+        routing_config: key.to_owned(),
+        base: before.reference.clone(),
+        snapshot: reference.clone(),
+        changes: SpecChanges::between(before.config.spec(), config.spec()),
+    });
+    // Serializing strings and maps of strings cannot fail.
+    let text = serde_json::to_string(&message).expect("delta serializes");
+    (text.len() < full_bytes).then(|| Delta {
+        base: before.reference.clone(),
+        text: Utf8Bytes::from(text),
+    })
 }

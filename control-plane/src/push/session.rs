@@ -28,16 +28,17 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures::{FutureExt, SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage,
-    SnapshotRef, Welcome, check_object_ref, truncate,
+    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, PROTOCOL_VERSION,
+    ServerMessage, SnapshotRef, Welcome, check_object_ref, truncate,
 };
 
 use super::PushState;
 use super::auth::Identity;
-use super::publisher::{Encoded, Published};
+use super::publisher::{Encoded, Full, Published};
 use super::registry::{Arrival, DataPlaneKey, Registry, Session};
 use crate::metrics::Metrics;
 use crate::snapshot::ObjectKey;
+use routing_model::hash::HashScheme;
 use routing_model::ledger::{Ledger, Origin, Violation};
 
 /// Longest lineage accepted in a hello's `applied` (a uid, or `file:` + an absolute path + an
@@ -109,6 +110,45 @@ pub struct Subscribed {
     greeted: Greeted,
     registration: Registration,
     ledger: Ledger,
+    forms: Forms,
+}
+
+/// Which forms of a version this session is sent, and what the data plane has to apply a delta
+/// to.
+#[derive(Default)]
+struct Forms {
+    /// The data plane offered `delta`: deltas when it has their base, and hashes in the table
+    /// scheme. Otherwise full snapshots with hashes in the JSON scheme.
+    delta: bool,
+    /// The snapshot the data plane will have once it has applied everything sent so far (the
+    /// base for the next delta). A data plane that refused one answers the next delta asking for
+    /// the full snapshot, so assuming success costs at most one resend.
+    base: Option<SnapshotRef>,
+    /// The last snapshot sent as a delta: only its NACK may ask for the full snapshot.
+    last_delta: Option<SnapshotRef>,
+    /// For a session without `delta`: the references as sent (JSON-scheme hash) and as served,
+    /// to record its answers under the served one. Bounded like the ledger.
+    json: std::collections::VecDeque<(SnapshotRef, SnapshotRef)>,
+}
+
+impl Forms {
+    /// The served reference of `sent` (they differ only in the JSON scheme).
+    fn served(&self, sent: SnapshotRef) -> SnapshotRef {
+        self.json
+            .iter()
+            .find(|(as_sent, _)| *as_sent == sent)
+            .map_or(sent, |(_, served)| served.clone())
+    }
+
+    fn sent_json(&mut self, as_sent: &SnapshotRef, served: &SnapshotRef) {
+        if self.json.iter().any(|(a, _)| a == as_sent) {
+            return;
+        }
+        if self.json.len() >= 2 * routing_model::ledger::LEDGER_ENTRIES {
+            self.json.pop_front();
+        }
+        self.json.push_back((as_sent.clone(), served.clone()));
+    }
 }
 
 /// A session's record in the registry, marked disconnected when this is dropped, whatever way
@@ -287,8 +327,6 @@ impl Greeted {
                 remote: &remote,
             },
         );
-        s.registry
-            .applied(registration.session(), self.hello.applied.clone());
         tracing::info!(
             remote = %self.remote,
             data_plane = %self.hello.data_plane,
@@ -298,6 +336,10 @@ impl Greeted {
             "data plane connected"
         );
         Subscribed {
+            forms: Forms {
+                delta: self.hello.capabilities.iter().any(|c| c == CAP_DELTA),
+                ..Forms::default()
+            },
             greeted: self,
             registration,
             ledger: Ledger::default(),
@@ -365,15 +407,32 @@ impl Subscribed {
         let mut updates = s.publisher.subscribe(&self.greeted.key);
         let current = updates.borrow_and_update().clone();
         let hello = &self.greeted.hello;
-        let up_to_date =
-            matches!(&current, Published::Snapshot(e) if Some(&e.reference) == hello.applied.as_ref());
-        if up_to_date && let Some(applied) = hello.applied.clone() {
-            self.ledger.record(applied, Origin::Announced);
+        // A data plane without `delta` knows the served snapshot by its JSON-scheme hash.
+        let up_to_date = match &current {
+            Published::Snapshot(e) if self.forms.delta => Some(&e.reference) == hello.applied.as_ref(),
+            Published::Snapshot(e) => {
+                hello
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.hash.scheme() == HashScheme::Json)
+                    && Some(&e.json().reference) == hello.applied.as_ref()
+            }
+            Published::Missing(_) => false,
+        };
+        let mut applied = hello.applied.clone();
+        if up_to_date && let (Some(announced), Published::Snapshot(e)) = (hello.applied.clone(), &current) {
+            self.ledger.record(announced.clone(), Origin::Announced);
+            if !self.forms.delta {
+                self.forms.sent_json(&announced, &e.reference);
+            }
+            applied = Some(e.reference.clone());
+            self.forms.base = Some(e.reference.clone());
         }
+        s.registry.applied(self.session(), applied);
         // Capabilities are only used when the data plane offered them.
         let offered = |cap: &str| hello.capabilities.iter().any(|c| c == cap);
         let mut capabilities = vec![CAP_FULL_SNAPSHOT.to_owned()];
-        for cap in [CAP_GZIP, CAP_TOO_LARGE] {
+        for cap in [CAP_GZIP, CAP_TOO_LARGE, CAP_DELTA] {
             if offered(cap) {
                 capabilities.push(cap.to_owned());
             }
@@ -449,8 +508,14 @@ impl Subscribed {
                                     return end;
                                 }
                             }
-                            Ok(ClientMessage::Nack { snapshot, error }) => {
-                                self.nack(snapshot, &error, s);
+                            Ok(ClientMessage::Nack { snapshot, error, resync }) => {
+                                if self.nack(snapshot, &error, resync, s) && !held {
+                                    // The delta did not apply: the whole table, now.
+                                    let current = updates.borrow().clone();
+                                    if let Err(end) = self.publish(sink, &current, s).await {
+                                        return end;
+                                    }
+                                }
                                 if let Err(end) = self.release(&mut held, &updates, sink, s).await {
                                     return end;
                                 }
@@ -484,6 +549,7 @@ impl Subscribed {
         if let Err(violation) = self.ledger.ack(&snapshot) {
             return self.violation(violation, &snapshot, s);
         }
+        let snapshot = self.forms.served(snapshot);
         s.metrics.acks.inc();
         if let Some(current) = served
             && current.reference == snapshot
@@ -495,14 +561,26 @@ impl Subscribed {
         s.registry.ack(self.session(), snapshot);
     }
 
-    fn nack(&mut self, snapshot: SnapshotRef, error: &str, s: &PushState) {
+    /// Records a NACK; true when it asks for the full snapshot of a delta this session sent (the
+    /// base is then forgotten, so the next send is the whole table).
+    fn nack(&mut self, snapshot: SnapshotRef, error: &str, resync: bool, s: &PushState) -> bool {
         if let Err(violation) = self.ledger.nack(&snapshot) {
-            return self.violation(violation, &snapshot, s);
+            self.violation(violation, &snapshot, s);
+            return false;
+        }
+        let snapshot = self.forms.served(snapshot);
+        if resync && self.forms.last_delta.as_ref() == Some(&snapshot) {
+            self.forms.last_delta = None;
+            self.forms.base = None;
+            s.metrics.delta_resyncs.inc();
+            tracing::info!(data_plane = %self.id(), version = snapshot.version, error = %truncate(error, 512), "a delta did not apply; sending the full snapshot");
+            return true;
         }
         s.metrics.nacks.inc();
         let error = truncate(error, routing_model::protocol::MAX_NACK_ERROR_BYTES);
         tracing::warn!(data_plane = %self.id(), version = snapshot.version, %error, "data plane rejected a snapshot");
         s.registry.nack(self.session(), snapshot, &error);
+        false
     }
 
     /// Sends the version held back (see `serve`) once an answer made room for it: the newest
@@ -548,20 +626,43 @@ impl Subscribed {
             }
         };
         let hello = &self.greeted.hello;
-        let bytes = encoded.text.len() as u64;
-        if let Some(limit) = hello.max_message_bytes
+        let limit = hello.max_message_bytes;
+        if self.forms.delta
+            && let Some(delta) = &encoded.delta
+            && self.forms.base.as_ref() == Some(&delta.base)
+            && limit.is_none_or(|l| delta.text.len() as u64 <= l)
+        {
+            s.metrics.pushes.inc();
+            s.metrics.delta_pushes.inc();
+            send(sink, Message::Text(delta.text.clone()), s).await?;
+            self.ledger.record(encoded.reference.clone(), Origin::Sent);
+            self.forms.base = Some(encoded.reference.clone());
+            self.forms.last_delta = Some(encoded.reference.clone());
+            return Ok(());
+        }
+        let full = if self.forms.delta {
+            &encoded.full
+        } else {
+            encoded.json()
+        };
+        let bytes = full.text.len() as u64;
+        if let Some(limit) = limit
             && bytes > limit
         {
-            return self.too_large(sink, encoded, limit, s).await;
+            return self.too_large(sink, encoded, full, limit, s).await;
         }
         s.metrics.pushes.inc();
         let message = if hello.capabilities.iter().any(|c| c == CAP_GZIP) {
-            Message::Binary(encoded.gzip.clone())
+            Message::Binary(full.gzip.clone())
         } else {
-            Message::Text(encoded.text.clone())
+            Message::Text(full.text.clone())
         };
         send(sink, message, s).await?;
-        self.ledger.record(encoded.reference.clone(), Origin::Sent);
+        self.ledger.record(full.reference.clone(), Origin::Sent);
+        if !self.forms.delta {
+            self.forms.sent_json(&full.reference, &encoded.reference);
+        }
+        self.forms.base = Some(encoded.reference.clone());
         Ok(())
     }
 
@@ -572,21 +673,25 @@ impl Subscribed {
         &mut self,
         sink: &mut Sink,
         encoded: &Encoded,
+        full: &Full,
         limit: u64,
         s: &PushState,
     ) -> Result<(), End> {
-        let bytes = encoded.text.len() as u64;
+        let bytes = full.text.len() as u64;
         s.metrics.too_large.inc();
         let hello = &self.greeted.hello;
         if hello.capabilities.iter().any(|c| c == CAP_TOO_LARGE) {
             let notice = ServerMessage::TooLarge {
                 routing_config: self.greeted.key.to_string(),
-                snapshot: encoded.reference.clone(),
+                snapshot: full.reference.clone(),
                 bytes,
                 limit,
             };
             send(sink, text(&notice), s).await?;
-            self.ledger.record(encoded.reference.clone(), Origin::TooLarge);
+            self.ledger.record(full.reference.clone(), Origin::TooLarge);
+            if !self.forms.delta {
+                self.forms.sent_json(&full.reference, &encoded.reference);
+            }
             tracing::info!(data_plane = %self.id(), version = encoded.reference.version, bytes, limit, "sent a too-large notice instead of the snapshot");
         } else {
             let error = format!(

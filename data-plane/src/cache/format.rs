@@ -63,7 +63,7 @@ pub enum DecodeError {
 pub struct CachedSnapshot {
     /// The snapshot as it was pushed.
     pub message: SnapshotMessage,
-    /// Its spec, validated; `config.hash() == message.snapshot.hash`.
+    /// Its spec, validated; `message.snapshot.hash` is its hash (in either scheme).
     pub config: ValidatedConfig,
 }
 
@@ -107,10 +107,11 @@ pub fn decode(bytes: &[u8], max_bytes: usize) -> Result<CachedSnapshot, DecodeEr
         .map_err(|e| DecodeError::Payload(truncate(&e.to_string(), QUOTED_BYTES)))?;
     let config = routing_model::validate::validate(message.to_manifest())
         .map_err(|e: ValidationErrors| DecodeError::Invalid(truncate(&e.to_string(), QUOTED_BYTES)))?;
-    if config.hash() != message.snapshot.hash {
+    // A cache written before delta push holds a hash in the JSON scheme; it is checked in that.
+    if !message.snapshot.hash.matches(config.spec(), config.hash()) {
         return Err(DecodeError::HashMismatch {
             claimed: message.snapshot.hash,
-            computed: config.hash(),
+            computed: routing_model::ContentHash::of_spec_in(message.snapshot.hash.scheme(), config.spec()),
         });
     }
     Ok(CachedSnapshot { message, config })

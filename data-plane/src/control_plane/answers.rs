@@ -17,13 +17,33 @@
 //!
 //! It never touches the table, the metrics or the socket: the session does, with what it returns.
 
-use routing_model::protocol::{ClientMessage, SnapshotMessage, SnapshotRef};
+use routing_model::protocol::{ClientMessage, DeltaMessage, SnapshotMessage, SnapshotRef};
+
+/// A pushed version: a whole table, or the changes from a version the data plane has. Both are
+/// answered the same way, in the order they arrived.
+#[derive(Debug)]
+pub enum Push {
+    /// A `snapshot` message.
+    Full(SnapshotMessage),
+    /// A `delta` message.
+    Delta(DeltaMessage),
+}
+
+impl Push {
+    /// The snapshot it makes, which its answer names.
+    pub fn snapshot(&self) -> &SnapshotRef {
+        match self {
+            Push::Full(m) => &m.snapshot,
+            Push::Delta(m) => &m.snapshot,
+        }
+    }
+}
 
 /// What became of a snapshot that arrived.
 #[derive(Debug)]
 pub enum Arrival {
     /// Nothing is applying: apply it now.
-    Apply(SnapshotMessage),
+    Apply(Push),
     /// It waits for the apply in progress.
     Waits,
     /// It replaced the one waiting, whose superseded NACK is queued.
@@ -39,7 +59,7 @@ pub enum Arrival {
 #[derive(Debug, Default)]
 pub struct Answers {
     applying: Option<SnapshotRef>,
-    pending: Option<SnapshotMessage>,
+    pending: Option<Push>,
     /// Sent right after the answer of `applying`.
     after_applying: Vec<ClientMessage>,
     /// Sent right after the answer of `pending`.
@@ -70,21 +90,21 @@ impl Answers {
     }
 
     /// A snapshot arrived.
-    pub fn snapshot(&mut self, snapshot: SnapshotMessage) -> Arrival {
+    pub fn snapshot(&mut self, snapshot: Push) -> Arrival {
         if self.applying.is_none() {
-            self.applying = Some(snapshot.snapshot.clone());
+            self.applying = Some(snapshot.snapshot().clone());
             return Arrival::Apply(snapshot);
         }
-        let newer = snapshot.snapshot.version;
+        let newer = snapshot.snapshot().version;
         let Some(older) = self.pending.replace(snapshot) else {
             return Arrival::Waits;
         };
         self.after_applying
-            .push(superseded(older.snapshot.clone(), newer));
+            .push(superseded(older.snapshot().clone(), newer));
         // What arrived after the replaced one, and so after its NACK.
         self.after_applying.append(&mut self.after_pending);
         Arrival::Replaced {
-            older: older.snapshot,
+            older: older.snapshot().clone(),
             newer,
         }
     }
@@ -106,7 +126,7 @@ impl Answers {
 
     /// The apply in progress ended with `reply` (its ACK or NACK): what to send now, in order,
     /// and the snapshot to apply next.
-    pub fn finished(&mut self, reply: ClientMessage) -> (Vec<ClientMessage>, Option<SnapshotMessage>) {
+    pub fn finished(&mut self, reply: ClientMessage) -> (Vec<ClientMessage>, Option<Push>) {
         if let ClientMessage::Ack { snapshot } = &reply {
             self.acked = Some(snapshot.clone());
         }
@@ -114,7 +134,7 @@ impl Answers {
         out.append(&mut self.after_applying);
         self.last_answered = out.last().map(|m| answered(m).clone());
         let next = self.pending.take();
-        self.applying = next.as_ref().map(|n| n.snapshot.clone());
+        self.applying = next.as_ref().map(|n| n.snapshot().clone());
         self.after_applying = std::mem::take(&mut self.after_pending);
         (out, next)
     }
@@ -139,7 +159,11 @@ pub fn superseded(snapshot: SnapshotRef, newer: i64) -> ClientMessage {
         "superseded: version {newer} arrived while version {} was waiting to be applied; not applied",
         snapshot.version
     );
-    ClientMessage::Nack { snapshot, error }
+    ClientMessage::Nack {
+        snapshot,
+        error,
+        resync: false,
+    }
 }
 
 fn answered(message: &ClientMessage) -> &SnapshotRef {
@@ -163,8 +187,8 @@ mod tests {
         }
     }
 
-    fn snapshot(version: i64) -> SnapshotMessage {
-        SnapshotMessage {
+    fn snapshot(version: i64) -> Push {
+        Push::Full(SnapshotMessage {
             routing_config: "default/routes".into(),
             snapshot: r(version),
             spec: serde_json::from_value(serde_json::json!({
@@ -172,7 +196,7 @@ mod tests {
                 "placementToEndpoint": {"a": "http://127.0.0.1:1"},
             }))
             .unwrap(),
-        }
+        })
     }
 
     fn ack(version: i64) -> ClientMessage {
@@ -183,6 +207,7 @@ mod tests {
         ClientMessage::Nack {
             snapshot: r(version),
             error: error.into(),
+            resync: false,
         }
     }
 
@@ -210,9 +235,9 @@ mod tests {
         let (out, next) = answers.finished(ack(1));
         assert_eq!(out[0], ack(1));
         assert!(
-            matches!(&out[1], ClientMessage::Nack { snapshot, error } if snapshot.version == 2 && error.starts_with("superseded:"))
+            matches!(&out[1], ClientMessage::Nack { snapshot, error, .. } if snapshot.version == 2 && error.starts_with("superseded:"))
         );
-        assert_eq!(next.unwrap().snapshot.version, 3);
+        assert_eq!(next.unwrap().snapshot().version, 3);
         let (out, next) = answers.finished(ack(3));
         assert_eq!(out, [ack(3)]);
         assert!(next.is_none());
@@ -242,7 +267,7 @@ mod tests {
         assert_eq!(answers.refuse(nack(4, "too large")), None);
         let (out, next) = answers.finished(ack(1));
         sent.extend(out);
-        assert_eq!(next.map(|n| n.snapshot.version), Some(3));
+        assert_eq!(next.map(|n| n.snapshot().version), Some(3));
         let (out, next) = answers.finished(ack(3));
         sent.extend(out);
         assert!(next.is_none());
@@ -300,7 +325,7 @@ mod tests {
         let _ = answers.snapshot(snapshot(3));
         let (sent, next) = answers.finished(nack(1, "pinned"));
         assert_eq!(sent.len(), 2, "v1's NACK, then v2's superseded NACK");
-        assert_eq!(next.unwrap().snapshot.version, 3);
+        assert_eq!(next.unwrap().snapshot().version, 3);
         assert_eq!(answers.reapplied(r(1)), None);
         // Nor one this session never answered (pushed in an earlier session).
         assert_eq!(Answers::default().reapplied(r(9)), None);

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub orphaned: Gauge,
     /// Snapshots received from the control plane.
     pub snapshots_received: Counter,
+    /// Deltas received from the control plane (each also counts as a snapshot received).
+    pub deltas_received: Counter,
+    /// Deltas applied: versions that arrived as changes, not as a whole table.
+    pub deltas_applied: Counter,
     /// Snapshots acknowledged (applied or already active).
     pub snapshot_acks: Counter,
     /// Snapshots refused (NACK).
@@ -100,6 +104,8 @@ impl Metrics {
         let orphaned = Gauge::default();
         let snapshots_received = Counter::default();
         let snapshot_acks = Counter::default();
+        let deltas_received = Counter::default();
+        let deltas_applied = Counter::default();
         let snapshot_nacks = Counter::default();
         let snapshots_superseded = Counter::default();
         let control_plane_sessions = Counter::default();
@@ -142,6 +148,16 @@ impl Metrics {
             "cellroute_snapshots_received",
             "Snapshots received from the control plane",
             snapshots_received.clone(),
+        );
+        registry.register(
+            "cellroute_deltas_received",
+            "Versions received from the control plane as deltas (the changes from a version this data plane has)",
+            deltas_received.clone(),
+        );
+        registry.register(
+            "cellroute_deltas_applied",
+            "Deltas applied; the others were answered with a NACK asking for the full snapshot",
+            deltas_applied.clone(),
         );
         registry.register(
             "cellroute_snapshot_acks",
@@ -226,6 +242,8 @@ impl Metrics {
             orphaned,
             snapshots_received,
             snapshot_acks,
+            deltas_received,
+            deltas_applied,
             snapshot_nacks,
             snapshots_superseded,
             control_plane_sessions,
