@@ -57,14 +57,17 @@ class Mode:
     kube_reps: int
     fanout_ns: list[int]
     loopback_bytes: int
+    # Tables pushed only at the largest N, whole and as deltas side by side.
+    delta_tables: list[int]
+    delta_reps: int
 
 
 MODES = {
     "quick": Mode("quick", reps=3, swarm_ns=[10, 100], real_ns=[1], tables=[10, 10_000],
-                  kube_reps=2, fanout_ns=[1000], loopback_bytes=256 << 20),
+                  kube_reps=2, fanout_ns=[1000], loopback_bytes=256 << 20, delta_tables=[], delta_reps=2),
     "full": Mode("full", reps=30, swarm_ns=[1, 10, 100, 1000], real_ns=[1, 10],
                  tables=[10, 10_000, 100_000], kube_reps=30, fanout_ns=[1000, 10_000],
-                 loopback_bytes=2 << 30),
+                 loopback_bytes=2 << 30, delta_tables=[1_000_000], delta_reps=10),
 }
 
 log = B.log
@@ -166,13 +169,14 @@ def same_ref(a: dict | None, b: dict) -> bool:
 
 
 class Swarm:
-    def __init__(self, env: Env, cp: ControlPlane, n: int, key: str, gzip: bool = True):
+    def __init__(self, env: Env, cp: ControlPlane, n: int, key: str, gzip: bool = True, delta: bool = False):
         self.n = n
         self.gzip = gzip
+        self.delta = delta
         self.lines: queue.Queue = queue.Queue()
         argv = [str(env.swarm), "subscribe", "--url", cp.url + "/v1/subscribe", "--routing-config",
                 OBJECT, "--clients", str(n), "--token-file", str(env.workdir / "dp-tokens"),
-                "--id-prefix", f"{key}-", "--connect-concurrency", "256"] + ([] if gzip else ["--no-gzip"])
+                "--id-prefix", f"{key}-", "--connect-concurrency", "256"] + ([] if gzip else ["--no-gzip"]) + (["--delta"] if delta else [])
         self.command = " ".join(["swarm"] + [B.shorten(a, env.workdir) for a in argv[1:]]).replace(
             f":{cp.port}", ":$CP")
         self.prefix = f"{key}-"
@@ -207,6 +211,7 @@ class RealDataPlanes:
     def __init__(self, env: Env, cp: ControlPlane, n: int, key: str):
         self.n = n
         self.gzip = True  # data planes offer gzip
+        self.delta = True  # and delta
         self.prefix = f"{key}-"
         admin_token = env.workdir / "admin-token"
         admin_token.write_text("bench-admin\n")
@@ -316,10 +321,20 @@ def measure_changes(cp: ControlPlane, clients, trigger, reps: int, limits: dict,
             clients.wait_synced(served, timeout)
         acks = wait_acks(cp, clients.prefix, clients.n, served, timeout)
         m1 = metrics(cp.port)
-        enc_n = m1["cellroute_snapshot_encode_seconds_count"] - m0.get("cellroute_snapshot_encode_seconds_count", 0)
-        enc = m1["cellroute_snapshot_encode_seconds_sum"] - m0.get("cellroute_snapshot_encode_seconds_sum", 0)
-        size = int(m1["cellroute_snapshot_bytes"])
-        sent = int(m1["cellroute_snapshot_compressed_bytes"]) if clients.gzip else size
+        def grew(name: str) -> float:
+            return m1.get(name, 0) - m0.get(name, 0)
+        # Every client got this version as a delta, or (some) got the whole table.
+        as_delta = grew("cellroute_delta_pushes_total") >= clients.n
+        if as_delta:
+            enc_n = grew("cellroute_delta_encode_seconds_count")
+            enc = grew("cellroute_delta_encode_seconds_sum")
+            size = int(m1["cellroute_delta_bytes"])
+            sent = size  # deltas travel as text
+        else:
+            enc_n = grew("cellroute_snapshot_encode_seconds_count") + grew("cellroute_delta_encode_seconds_count")
+            enc = grew("cellroute_snapshot_encode_seconds_sum") + grew("cellroute_delta_encode_seconds_sum")
+            size = int(m1["cellroute_snapshot_bytes"])
+            sent = int(m1["cellroute_snapshot_compressed_bytes"]) if clients.gzip else size
         wire = sent + (2 if sent < 126 else 4 if sent < 65536 else 10)  # + WebSocket frame header
         n = clients.n
         bound = enc + n * wire / limits["best_bytes_per_s"] + limits["rtt_seconds"]["p50"]
@@ -329,7 +344,7 @@ def measure_changes(cp: ControlPlane, clients, trigger, reps: int, limits: dict,
             "converged_ms": (acks[-1] - served["accepted_at"]) * 1e3,
             "median_ack_ms": (acks[len(acks) // 2] - served["accepted_at"]) * 1e3,
             "issued_to_converged_ms": (acks[-1] - t_issue) * 1e3,
-            "encode_ms": enc * 1e3, "encodes": enc_n, "message_bytes": size, "wire_bytes": wire,
+            "encode_ms": enc * 1e3, "encodes": enc_n, "message_bytes": size, "wire_bytes": wire, "delta": as_delta,
             "bound_ms": bound * 1e3,
         })
         time.sleep(0.05)  # let the last ACK's bookkeeping settle before the next change
@@ -347,6 +362,7 @@ def summarize(label: str, clients: str, n: int, customers: int, samples: list[di
     bound = B.med([s["bound_ms"] for s in samples])
     p50, p99, mx = B.pct(conv, 50), B.pct(conv, 99), max(conv)
     r = {"label": label, "clients": clients, "n": n, "customers": customers, "reps": len(samples), "gzip": gzip,
+         "delta": all(s["delta"] for s in samples),
          "wire_bytes": samples[-1]["wire_bytes"],
          "p50_ms": p50, "p99_ms": p99, "max_ms": mx,
          "median_ack_p50_ms": B.pct([s["median_ack_ms"] for s in samples], 50),
@@ -383,25 +399,30 @@ def row_convergence(env: Env) -> dict:
             first = cp.served()
             wait_acks(cp, dps.prefix, n, first, 120)
             samples = measure_changes(cp, dps, edit, env.mode.reps, limits, 120)
-            cells.append(summarize(f"{n} data-plane process{'es' if n > 1 else ''}", "data-plane", n,
+            delta = ", delta" if all(x["delta"] for x in samples) else ""
+            cells.append(summarize(f"{n} data-plane process{'es' if n > 1 else ''}{delta}", "data-plane", n,
                                    customers, samples, [cp.command, dps.command]))
             dps.stop(env)
             env.procs.stop(cp.proc)
-        # Lightweight clients offer gzip as data planes do; the largest N also runs without it.
-        runs = [(n, True) for n in env.mode.swarm_ns] + [(max(env.mode.swarm_ns), False)]
-        for n, gzip in runs:
-            cp = ControlPlane(env, f"cp-swarm-{customers}-{n}-{gzip}", cfg,
-                              extra_args=["--reload-debounce", "10ms"])
-            sw = Swarm(env, cp, n, f"sw{customers}x{n}{'' if gzip else 'text'}", gzip)
-            sw.wait_synced(cp.served(), 120)
-            samples = measure_changes(cp, sw, edit, env.mode.reps, limits, 120)
-            if env.args.profile and gzip and n == max(env.mode.swarm_ns) and customers == 10_000:
-                profile = profile_control_plane(env, cp, sw, edit, limits)
-            label = f"{n:,} lightweight client{'s' if n > 1 else ''}" + ("" if gzip else ", JSON text (no gzip)")
-            cells.append(summarize(label, "swarm" if gzip else "swarm-text", n, customers, samples,
-                                   [cp.command, sw.command], gzip))
-            env.procs.stop(sw.proc)
-            env.procs.stop(cp.proc)
+        # Lightweight clients offer gzip as data planes do, and whole tables; the largest N also
+        # runs without gzip, and with delta (as data planes do), side by side.
+        top = max(env.mode.swarm_ns)
+        runs = [(n, True, False) for n in env.mode.swarm_ns] + [(top, False, False), (top, True, True)]
+        cells += swarm_cells(env, limits, cfg, customers, edit, runs, env.mode.reps)
+        if env.args.profile and customers == 10_000:
+            profile = profile_swarm(env, limits, cfg, customers, edit, top)
+    for customers in env.mode.delta_tables:
+        body = table_yaml(customers)
+        cfg = env.workdir / f"routing-{customers}.yaml"
+        cfg.write_text(manifest(body, 0))
+        flips = iter(range(1, 1 << 30))
+
+        def edit(_i: int) -> None:
+            B.write_atomic(cfg, manifest(body, next(flips)))
+
+        top = max(env.mode.swarm_ns)
+        cells += swarm_cells(env, limits, cfg, customers, edit, [(top, True, False), (top, True, True)],
+                             env.mode.delta_reps)
     kube = None
     if env.args.kube:
         try:
@@ -410,6 +431,36 @@ def row_convergence(env: Env) -> dict:
             log(f"row 1 kubectl apply path failed:\n{traceback.format_exc()}")
             raise
     return {"limits": limits, "cells": cells, "kube": kube, "profile": profile}
+
+
+def swarm_cells(env: Env, limits: dict, cfg: Path, customers: int, edit, runs, reps: int) -> list[dict]:
+    """One cell per (N, gzip, delta) of `runs`: a control plane on `cfg`, a swarm, `reps` edits."""
+    cells = []
+    for n, gzip, delta in runs:
+        tag = f"{'' if gzip else 'text'}{'delta' if delta else ''}"
+        cp = ControlPlane(env, f"cp-swarm-{customers}-{n}-{tag}", cfg, extra_args=["--reload-debounce", "10ms"])
+        sw = Swarm(env, cp, n, f"sw{customers}x{n}{tag}", gzip, delta)
+        sw.wait_synced(cp.served(), 600)
+        samples = measure_changes(cp, sw, edit, reps, limits, 600)
+        label = f"{n:,} lightweight client{'s' if n > 1 else ''}" + ("" if gzip else ", JSON text (no gzip)") \
+            + (", delta" if delta else "")
+        kind = "swarm-delta" if delta else "swarm" if gzip else "swarm-text"
+        cells.append(summarize(label, kind, n, customers, samples, [cp.command, sw.command], gzip))
+        env.procs.stop(sw.proc)
+        env.procs.stop(cp.proc)
+    return cells
+
+
+def profile_swarm(env: Env, limits: dict, cfg: Path, customers: int, edit, n: int) -> dict | None:
+    """The control plane's profile while it pushes whole tables to `n` lightweight clients."""
+    cp = ControlPlane(env, f"cp-swarm-{customers}-{n}-profile", cfg, extra_args=["--reload-debounce", "10ms"])
+    sw = Swarm(env, cp, n, f"sw{customers}x{n}profile", True, False)
+    try:
+        sw.wait_synced(cp.served(), 600)
+        return profile_control_plane(env, cp, sw, edit, limits)
+    finally:
+        env.procs.stop(sw.proc)
+        env.procs.stop(cp.proc)
 
 
 # Buckets for the control plane's profile during fan-out, first match wins.
@@ -659,10 +710,11 @@ def render(results: dict, out_dir: Path) -> str:
         A("| customers | clients | JSON message | sent to each (gzip) | sent to all N | encode | lower bound | p50 "
           "| p99 | max | p99 ÷ bound | CPU per change: control plane / clients |")
         A("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        order = {"data-plane": 0, "swarm": 1, "swarm-text": 2}
+        order = {"data-plane": 0, "swarm": 1, "swarm-text": 2, "swarm-delta": 3}
         cells = sorted(conv["cells"], key=lambda c: (c["customers"], order[c["clients"]], c["n"]))
         for c in cells:
-            each = f_bytes(c["wire_bytes"]) + ("" if c.get("gzip", True) else " (text)")
+            each = f_bytes(c["wire_bytes"]) + (" (delta, text)" if c.get("delta") else
+                                               "" if c.get("gzip", True) else " (text)")
             A(f"| {c['customers']:,} | {c['label']} | {f_bytes(c['message_bytes'])} | {each} | "
               f"{f_bytes(c['wire_bytes_total'])} | {f_ms(c['encode_ms'])} ms | {f_ms(c['bound_ms'])} ms | "
               f"{f_ms(c['p50_ms'])} ms | {f_ms(c['p99_ms'])} ms | {f_ms(c['max_ms'])} ms | **{c['ratio_p99']:.2f}** | "
@@ -705,6 +757,22 @@ def render(results: dict, out_dir: Path) -> str:
               f"({text['ratio_p99']:.2f}× its own bound of {f_ms(text['bound_ms'])} ms): with text, bytes are "
               f"the floor and the push runs near it; gzip lowers the floor {text['bound_ms'] / goal['bound_ms']:.1f}× "
               f"and the measured p99 {text['p99_ms'] / goal['p99_ms']:.1f}×.")
+        for dc in (c for c in cells if c["clients"] == "swarm-delta"):
+            whole = next((c for c in cells if c["clients"] == "swarm" and c["n"] == dc["n"]
+                          and c["customers"] == dc["customers"]), None)
+            met50, met3, met_kib = dc["p99_ms"] <= 50, dc["ratio_p99"] <= 3, dc["wire_bytes"] <= 1024
+            goals = f"p99 {f_ms(dc['p99_ms'])} ms {B.ok(met50)}, {dc['ratio_p99']:.2f}× the bound {B.ok(met3)}, " \
+                f"{f_bytes(dc['wire_bytes'])} to each data plane {B.ok(met_kib)}"
+            line = (f"- **Delta, N = {dc['n']:,}, {dc['customers']:,} customers, one customer moves (goal: p99 ≤ 50 ms, "
+                    f"≤ 3× the bound, ≤ 1 KiB per data plane): {'met' if met50 and met3 and met_kib else 'missed'}.** "
+                    + goals + ".")
+            if whole:
+                line += (f" The whole table to the same clients in the same run: {f_bytes(whole['wire_bytes'])} "
+                         f"each (gzip), p99 {f_ms(whole['p99_ms'])} ms. Control-plane CPU per change: "
+                         f"{dc['cp_cpu_ms']:.0f} ms with deltas against {whole['cp_cpu_ms']:.0f} ms with whole "
+                         "tables (both include reading, validating and hashing the file before acceptance, the "
+                         "same for both).")
+            A(line)
         small_n = max((c["n"] for c in cells if c["clients"] == "swarm"), default=0)
         small = next((c for c in cells if c["clients"] == "swarm" and c["n"] == small_n
                       and c["customers"] == min(x["customers"] for x in cells)), None)

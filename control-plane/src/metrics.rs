@@ -62,6 +62,8 @@ pub struct Metrics {
     pub convergence: Histogram,
     /// Time to encode one snapshot message (once per version, shared by all subscribers).
     pub snapshot_encode: Histogram,
+    /// Time to compute and encode one version's delta from the version before (once per version).
+    pub delta_encode: Histogram,
     /// Size of the last encoded snapshot message.
     pub snapshot_bytes: Gauge,
     /// Size of the same message gzip-compressed (what data planes with `gzip` receive).
@@ -130,6 +132,7 @@ impl Metrics {
         let nacks = Counter::default();
         let convergence = Histogram::new(exponential_buckets(0.0005, 2.0, 18));
         let snapshot_encode = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
+        let delta_encode = Histogram::new(exponential_buckets(0.00005, 2.0, 18));
         let snapshot_bytes = Gauge::default();
         let snapshot_compressed_bytes = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
@@ -229,8 +232,13 @@ impl Metrics {
         );
         registry.register(
             "cellroute_snapshot_encode_seconds",
-            "Time to encode one snapshot message, JSON and gzip (once per version)",
+            "Time to encode one snapshot message, JSON and gzip (once per version, when a data plane needs the whole table)",
             snapshot_encode.clone(),
+        );
+        registry.register(
+            "cellroute_delta_encode_seconds",
+            "Time to compute and encode the delta of a version from the one before (once per version)",
+            delta_encode.clone(),
         );
         registry.register(
             "cellroute_snapshot_bytes",
@@ -306,6 +314,7 @@ impl Metrics {
             nacks,
             convergence,
             snapshot_encode,
+            delta_encode,
             snapshot_bytes,
             snapshot_compressed_bytes,
             refused,

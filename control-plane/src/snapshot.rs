@@ -72,6 +72,8 @@ pub struct Snapshot {
     /// When it was accepted.
     #[serde(serialize_with = "unix_seconds")]
     pub accepted_at: SystemTime,
+    /// The size of its snapshot message, measured when it was accepted.
+    pub message_bytes: usize,
     /// The validated config.
     #[serde(skip)]
     pub config: Arc<ValidatedConfig>,
@@ -258,7 +260,8 @@ impl SnapshotStore {
                 version,
                 hash: config.hash(),
             };
-            self.deliverable(key, &reference, &config).map(|_| config)
+            self.deliverable(key, &reference, &config)
+                .map(|bytes| (config, bytes))
         });
         let mut objects = self
             .objects
@@ -266,7 +269,7 @@ impl SnapshotStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = objects.entry(key.clone()).or_default();
         let outcome = match candidate {
-            Ok(config) => {
+            Ok((config, message_bytes)) => {
                 let stale = state
                     .served
                     .as_ref()
@@ -280,6 +283,7 @@ impl SnapshotStore {
                         version,
                         hash: config.hash(),
                         accepted_at: SystemTime::now(),
+                        message_bytes,
                         config: Arc::new(config),
                         members,
                     }));

@@ -67,7 +67,9 @@ impl InjectScene {
         let admin = cluster.client().await;
         cluster.install_crd(&admin).await;
         let namespace = cluster.namespace(&admin, prefix).await;
-        let run = unique_suffix();
+        // A letter first: a label value of hex digits like `1e396619` reads back as a float to a
+        // YAML 1.2 parser (Helm, a YAML 1.1 writer, leaves it unquoted).
+        let run = format!("r{}", unique_suffix());
         let release = format!("inj-{run}");
         let dir = tempfile::tempdir().expect("temporary directory");
         let port = TcpListener::bind("127.0.0.1:0")

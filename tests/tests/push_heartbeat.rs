@@ -128,15 +128,13 @@ fn apply_time(dp: &cellroute_tests::push::Follower) -> Duration {
         .unwrap_or_default()
 }
 
-/// Has the control plane encode the served snapshot before the data plane connects.
+/// Has a throwaway subscriber open the object's channel before the data plane connects.
 ///
-/// The control plane encodes a version for an object's first subscriber inside that
-/// subscriber's session, before its `welcome` (control-plane/src/push/publisher.rs,
-/// `Publisher::subscribe`); for this table in a debug build that is about a second in which the
-/// session sends nothing, not even a ping, which a 1 s heartbeat timeout rightly ends. That is
-/// the control plane's cost, not the data plane's apply this test is about, so a throwaway
-/// subscriber that already has the version pays it: its `welcome` arrives once the encode is
-/// done, and later subscribers share the encoded bytes.
+/// The control plane encodes a whole table once per version, on a blocking thread, for the first
+/// session that needs it (control-plane/src/push/publisher.rs, `Encoded::full`); a subscriber
+/// that already has the version needs none. The warm-up shows the control plane serves the
+/// object and answers a hello at once; the data plane this test is about then pays only for the
+/// encode and its own apply, and keeps the session through both.
 async fn warm_up(scene: &Scene) {
     let served = scene.cp.served().await;
     let applied = serde_json::json!({

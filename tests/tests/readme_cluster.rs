@@ -201,7 +201,8 @@ async fn the_readme_cluster_section_works_verbatim() {
     let header = lines
         .iter()
         .position(|l| {
-            l.split_whitespace().collect::<Vec<_>>() == ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"]
+            l.split_whitespace().collect::<Vec<_>>()
+                == ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"]
         })
         .unwrap_or_else(|| panic!("no `kubectl get rtc` table in:\n{stdout}"));
     let row: Vec<&str> = lines

@@ -13,7 +13,7 @@ const HEAD_BYTES: u64 = 4096;
 /// What a client needs from a server message.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
-    /// A snapshot to ACK.
+    /// A snapshot (or delta) to ACK.
     Snapshot(SnapshotRef),
     /// The session opened.
     Welcome,
@@ -36,6 +36,8 @@ pub fn head(text: &str) -> anyhow::Result<Head> {
     }
     Ok(match serde_json::from_str::<ServerMessage>(text)? {
         ServerMessage::Snapshot(s) => Head::Snapshot(s.snapshot),
+        // Small: decoded whole.
+        ServerMessage::Delta(d) => Head::Snapshot(d.snapshot),
         ServerMessage::Welcome(_) => Head::Welcome,
         other => Head::Other(serde_json::to_string(&other)?),
     })

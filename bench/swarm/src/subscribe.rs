@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_FULL_SNAPSHOT, CAP_GZIP, ClientMessage, Hello, PROTOCOL_VERSION, SnapshotRef,
+    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, ClientMessage, Hello, PROTOCOL_VERSION, SnapshotRef,
 };
 use serde_json::json;
 use tokio::sync::{Semaphore, mpsc};
@@ -44,6 +44,10 @@ pub struct Args {
     /// Do not offer the `gzip` capability: snapshots arrive as JSON text.
     #[arg(long)]
     no_gzip: bool,
+    /// Offer the `delta` capability: a version whose base the client has arrives as the changes
+    /// from it (ACKed like a snapshot; the client keeps no table).
+    #[arg(long)]
+    delta: bool,
     /// Runtime worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -158,10 +162,15 @@ async fn session(
         routing_config: args.routing_config.clone(),
         applied: None,
         protocol: PROTOCOL_VERSION,
-        capabilities: if args.no_gzip {
-            vec![CAP_FULL_SNAPSHOT.to_owned()]
-        } else {
-            vec![CAP_FULL_SNAPSHOT.to_owned(), CAP_GZIP.to_owned()]
+        capabilities: {
+            let mut offered = vec![CAP_FULL_SNAPSHOT.to_owned()];
+            if !args.no_gzip {
+                offered.push(CAP_GZIP.to_owned());
+            }
+            if args.delta {
+                offered.push(CAP_DELTA.to_owned());
+            }
+            offered
         },
         max_message_bytes: None,
     });

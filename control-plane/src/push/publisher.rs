@@ -4,10 +4,12 @@
 //! watch channel keeps only the newest value, which is exactly latest-wins: a data plane that
 //! falls behind skips intermediate versions instead of queueing them.
 //!
-//! Each version is encoded in the forms a session may send, each once per version: the full
-//! snapshot, the delta from the version published before it (for data planes with `delta` that
-//! have that one), and, only once a data plane without `delta` asks for it, the full snapshot
-//! with its hash in the JSON scheme those data planes check.
+//! Each version is encoded in the forms a session may send, each once per version: the delta
+//! from the version published before it (for data planes with `delta` that have that one), and,
+//! only once a session needs them, the full snapshot (a data plane that connects, or has another
+//! base) and the full snapshot with its hash in the JSON scheme data planes without `delta`
+//! check. A one-customer change of a large table that every data plane follows is therefore
+//! never encoded whole.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,23 +65,57 @@ pub struct Delta {
 }
 
 /// One version in every form a session may send.
-#[derive(Debug)]
 pub struct Encoded {
     /// Which snapshot.
     pub reference: SnapshotRef,
     /// When the control plane accepted it (for the convergence histogram).
     pub accepted_at: SystemTime,
-    /// The full snapshot.
-    pub full: Full,
-    /// The changes from the version published before, when they are smaller than `full`.
+    /// The changes from the version published before, when they are smaller than the full
+    /// snapshot.
     pub delta: Option<Delta>,
-    /// The table, for the delta of the next version and the JSON-scheme form.
+    /// The table, for the full forms and the delta of the next version.
     config: Arc<ValidatedConfig>,
     key: String,
+    full: OnceLock<Full>,
     json: OnceLock<Full>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoded")
+            .field("reference", &self.reference)
+            .field("delta", &self.delta.as_ref().map(|d| d.text.len()))
+            .field("full", &self.full.get().map(|f| f.text.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Encoded {
+    /// Whether [`Self::full`] is encoded already.
+    pub fn has_full(&self) -> bool {
+        self.full.get().is_some()
+    }
+
+    /// Whether [`Self::json`] is encoded already.
+    pub fn has_json(&self) -> bool {
+        self.json.get().is_some()
+    }
+
+    /// The full snapshot (encoded once per version, by the first session that needs it).
+    pub fn full(&self) -> &Full {
+        self.full.get_or_init(|| {
+            let started = std::time::Instant::now();
+            let full = Full::encode(&self.key, self.reference.clone(), &self.config);
+            self.metrics
+                .snapshot_encode
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.snapshot_bytes.set(full.text.len() as i64);
+            self.metrics.snapshot_compressed_bytes.set(full.gzip.len() as i64);
+            full
+        })
+    }
+
     /// The full snapshot with its hash in the JSON scheme, for data planes without `delta`
     /// (computed once per version, by the first such session).
     pub fn json(&self) -> &Full {
@@ -187,31 +223,28 @@ impl Publisher {
         {
             return Published::Snapshot(encoded.clone());
         }
-        let started = std::time::Instant::now();
         let name = key.to_string();
-        let full = Full::encode(&name, reference.clone(), &served.config);
         let delta = match previous {
             Some(Published::Snapshot(before)) => {
-                delta(&name, before, &reference, &served.config, full.text.len())
+                let started = std::time::Instant::now();
+                let delta = delta(&name, before, &reference, &served.config, served.message_bytes);
+                self.metrics.delta_encode.observe(started.elapsed().as_secs_f64());
+                delta
             }
             _ => None,
         };
-        self.metrics
-            .snapshot_encode
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.snapshot_bytes.set(full.text.len() as i64);
-        self.metrics.snapshot_compressed_bytes.set(full.gzip.len() as i64);
         if let Some(delta) = &delta {
             self.metrics.delta_bytes.set(delta.text.len() as i64);
         }
         Published::Snapshot(Arc::new(Encoded {
             reference,
             accepted_at: served.accepted_at,
-            full,
             delta,
             config: served.config.clone(),
             key: name,
+            full: OnceLock::new(),
             json: OnceLock::new(),
+            metrics: self.metrics.clone(),
         }))
     }
 }

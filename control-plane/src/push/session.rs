@@ -70,6 +70,8 @@ enum End {
     Refused(&'static str, String),
     #[error("socket error: {0}")]
     Socket(#[from] axum::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl End {
@@ -640,10 +642,30 @@ impl Subscribed {
             self.forms.last_delta = Some(encoded.reference.clone());
             return Ok(());
         }
-        let full = if self.forms.delta {
-            &encoded.full
+        // Encoding a large table takes a while: on a blocking thread, not a worker that other
+        // sessions need. The first session to need a form encodes it; others wait for that one.
+        let scheme_json = !self.forms.delta;
+        let ready = if scheme_json {
+            encoded.has_json()
         } else {
+            encoded.has_full()
+        };
+        if !ready {
+            let encoding = encoded.clone();
+            tokio::task::spawn_blocking(move || {
+                if scheme_json {
+                    encoding.json();
+                } else {
+                    encoding.full();
+                }
+            })
+            .await
+            .map_err(|e| End::Internal(format!("encoding the snapshot failed: {e}")))?;
+        }
+        let full = if scheme_json {
             encoded.json()
+        } else {
+            encoded.full()
         };
         let bytes = full.text.len() as u64;
         if let Some(limit) = limit
@@ -749,6 +771,7 @@ fn close(end: &End) -> Message {
         End::Stuck(_) | End::Silent(_) => close_code::AWAY,
         End::Socket(e) => socket_close_code(e),
         End::ClosedByPeer | End::Superseded => close_code::NORMAL,
+        End::Internal(_) => close_code::ERROR,
     };
     // Close reasons are limited to 123 bytes.
     let reason = truncate(&end.to_string(), 119);
