@@ -400,18 +400,19 @@ impl Applier {
                     let (source, trigger) = (Source::ControlPlane, Trigger::Push);
                     let result = match self.resolve(&delta).await {
                         Ok(snapshot) => {
-                            self.latest_pushed = Some(snapshot.clone());
-                            self.apply_snapshot(Change::Push, snapshot, source, trigger)
-                                .await
-                                .map_err(|e| match e {
-                                    ApplyError::HashMismatch { claimed, computed } => {
-                                        ApplyError::DeltaMismatch {
-                                            version: delta.snapshot.version,
-                                            why: format!("the result hashes to {computed}, not {claimed}"),
-                                        }
-                                    }
-                                    other => other,
-                                })
+                            let before = self.latest_pushed.replace(snapshot.clone());
+                            let applied = self.apply_snapshot(Change::Push, snapshot, source, trigger).await;
+                            // A result that is not the target's content is no base for the next delta.
+                            if let Err(ApplyError::HashMismatch { .. }) = &applied {
+                                self.latest_pushed = before;
+                            }
+                            applied.map_err(|e| match e {
+                                ApplyError::HashMismatch { claimed, computed } => ApplyError::DeltaMismatch {
+                                    version: delta.snapshot.version,
+                                    why: format!("the result hashes to {computed}, not {claimed}"),
+                                },
+                                other => other,
+                            })
                         }
                         Err(e) => Err(e),
                     };
