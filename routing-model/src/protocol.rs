@@ -287,9 +287,10 @@ pub fn check_data_plane_id(id: &str) -> Result<(), String> {
     if ok {
         return Ok(());
     }
+    // Quoted with escapes, then cut: an escape can be six times the byte it stands for.
+    let quoted = truncate(&format!("{:?}", truncate(id, 64)), 128);
     Err(format!(
-        "data-plane id {:?} ({} bytes) is not a Kubernetes object name: 1-{MAX_DATA_PLANE_ID_BYTES} lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit",
-        truncate(id, 64),
+        "data-plane id {quoted} ({} bytes) is not a Kubernetes object name: 1-{MAX_DATA_PLANE_ID_BYTES} lowercase letters, digits, `-` and `.`, starting and ending with a letter or digit",
         id.len()
     ))
 }
@@ -415,6 +416,9 @@ mod tests {
             "the error echoes the whole id: {} bytes",
             err.len()
         );
+        // Found by the protocol_client fuzz target: DEL escapes as `\u{7f}`, six bytes for one.
+        let err = check_data_plane_id(&format!("d{}", "\u{7f}".repeat(200))).unwrap_err();
+        assert!(err.len() < 400, "escapes grow the error: {} bytes", err.len());
     }
 
     #[test]
