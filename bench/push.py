@@ -388,13 +388,7 @@ def row_convergence(env: Env) -> dict:
     cells = []
     profile = None
     for customers in env.mode.tables:
-        body = table_yaml(customers)
-        cfg = env.workdir / f"routing-{customers}.yaml"
-        cfg.write_text(manifest(body, 0))
-        flips = iter(range(1, 1 << 30))
-
-        def edit(_i: int) -> None:
-            B.write_atomic(cfg, manifest(body, next(flips)))
+        cfg, edit = table_file(env, customers)
 
         # Real data planes apply the whole table before they ACK: that is what they are for.
         for n in env.mode.real_ns:
@@ -416,13 +410,7 @@ def row_convergence(env: Env) -> dict:
         if env.args.profile and customers == 10_000:
             profile = profile_swarm(env, limits, cfg, customers, edit, top)
     for customers in env.mode.delta_tables:
-        body = table_yaml(customers)
-        cfg = env.workdir / f"routing-{customers}.yaml"
-        cfg.write_text(manifest(body, 0))
-        flips = iter(range(1, 1 << 30))
-
-        def edit(_i: int) -> None:
-            B.write_atomic(cfg, manifest(body, next(flips)))
+        cfg, edit = table_file(env, customers)
 
         top = max(env.mode.swarm_ns)
         cells += swarm_cells(env, limits, cfg, customers, edit, [(top, True, False), (top, True, True)],
@@ -435,6 +423,19 @@ def row_convergence(env: Env) -> dict:
             log(f"row 1 kubectl apply path failed:\n{traceback.format_exc()}")
             raise
     return {"limits": limits, "cells": cells, "kube": kube, "profile": profile}
+
+
+def table_file(env: Env, customers: int):
+    """A routing file of `customers`, and the edit that moves one customer in it (by rename)."""
+    body = table_yaml(customers)
+    cfg = env.workdir / f"routing-{customers}.yaml"
+    cfg.write_text(manifest(body, 0))
+    flips = iter(range(1, 1 << 30))
+
+    def edit(_i: int) -> None:
+        B.write_atomic(cfg, manifest(body, next(flips)))
+
+    return cfg, edit
 
 
 def swarm_cells(env: Env, limits: dict, cfg: Path, customers: int, edit, runs, reps: int) -> list[dict]:

@@ -484,22 +484,18 @@ fn answer(
             state.update_sync(|s| s.last_nack = None);
             ClientMessage::Ack { snapshot }
         }
-        Err(e) => {
-            let resync = e.wants_full_snapshot();
-            match nack(snapshot, &e.to_string(), state, metrics) {
-                ClientMessage::Nack { snapshot, error, .. } => ClientMessage::Nack {
-                    snapshot,
-                    error,
-                    resync,
-                },
-                other => other,
-            }
-        }
+        Err(e) => nack(snapshot, &e.to_string(), e.wants_full_snapshot(), state, metrics),
     }
 }
 
 /// A NACK of `snapshot`, its text cut to what the protocol allows, counted and remembered.
-fn nack(snapshot: SnapshotRef, error: &str, state: &SharedState, metrics: &Metrics) -> ClientMessage {
+fn nack(
+    snapshot: SnapshotRef,
+    error: &str,
+    resync: bool,
+    state: &SharedState,
+    metrics: &Metrics,
+) -> ClientMessage {
     metrics.snapshot_nacks.inc();
     let error = bounded(error);
     tracing::warn!(version = snapshot.version, %error, "refused a control-plane snapshot (NACK); the active table is unchanged");
@@ -507,7 +503,7 @@ fn nack(snapshot: SnapshotRef, error: &str, state: &SharedState, metrics: &Metri
     ClientMessage::Nack {
         snapshot,
         error,
-        resync: false,
+        resync,
     }
 }
 
@@ -562,7 +558,7 @@ fn handle(
                 "snapshot version {} is {bytes} bytes, over this data plane's --max-message-bytes {limit}; not applied",
                 snapshot.version
             );
-            Ok(Some(nack(snapshot, &error, state, metrics)))
+            Ok(Some(nack(snapshot, &error, false, state, metrics)))
         }
     }
 }
