@@ -123,7 +123,7 @@ impl Table {
         .to_string()
     }
 
-    /// The content hash the control plane will serve this table under (`sha256:<hex>`),
+    /// The content hash the control plane will serve this table under (`table-sha256:<hex>`),
     /// computed with the shared validation code.
     ///
     /// # Panics

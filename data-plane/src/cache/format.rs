@@ -162,6 +162,27 @@ pub(in crate::cache) mod tests {
         assert_eq!(cached.config.hash(), cached.message.snapshot.hash);
     }
 
+    /// A cache written before delta push holds a hash in the JSON scheme: it still loads, and
+    /// one that lies in that scheme is still refused (the case the cache_file fuzz target
+    /// reached once its oracle knew only the table scheme).
+    #[test]
+    fn a_cache_with_a_json_scheme_hash_loads_and_is_checked_in_that_scheme() {
+        let mut old = snapshot(2);
+        old.snapshot.hash = routing_model::ContentHash::json_of_spec(&old.spec);
+        let cached = decode(&encode(&old), LIMIT).expect("a cache from before delta push loads");
+        assert_eq!(cached.message.snapshot.hash, old.snapshot.hash);
+        let mut lying = old.clone();
+        lying.spec.default_placement = "b".into();
+        lying
+            .spec
+            .placement_to_endpoint
+            .insert("b".into(), "http://b".into());
+        assert!(matches!(
+            decode(&encode(&lying), LIMIT),
+            Err(DecodeError::HashMismatch { .. })
+        ));
+    }
+
     #[test]
     fn damage_is_named() {
         let good = encode(&snapshot(1));
