@@ -176,6 +176,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
+        ready: ready.clone(),
     };
     let router = http::router(HttpState {
         store,

@@ -74,6 +74,9 @@ pub struct PushState {
     pub sessions: TaskTracker,
     /// Fires on shutdown.
     pub shutdown: CancellationToken,
+    /// Set once the source has loaded its initial state: before that every object would look
+    /// missing, and a data plane told so would be marked orphaned and download its table again.
+    pub ready: crate::source::Readiness,
 }
 
 /// `GET /v1/subscribe`: check the connection cap, authenticate, then upgrade. A missing or bad
@@ -93,6 +96,14 @@ pub async fn subscribe(
         )
             .into_response();
     };
+    if !s.ready.is_ready() {
+        s.metrics.refused("not-ready");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "message": "the control plane has not loaded its RoutingConfigs yet; retry later"})),
+        )
+            .into_response();
+    }
     let identity = match s.auth.authenticate(&headers).await {
         Ok(identity) => identity,
         Err(e) => {
