@@ -342,7 +342,7 @@ pub fn recover(
             continue;
         };
         let shard_name = shard.metadata.name.clone().unwrap_or_default();
-        let customers: BTreeMap<String, String> = if shard.metadata.generation == Some(generation) {
+        let customers: routing_model::CustomerMap = if shard.metadata.generation == Some(generation) {
             shard.spec.customer_to_placement.clone()
         } else {
             let text = status.served_spec.as_deref().ok_or_else(|| {
@@ -428,7 +428,7 @@ mod tests {
         .unwrap()
     }
 
-    fn hash_of(spec: &RoutingConfigSpec, shards: &[(&str, &BTreeMap<String, String>)]) -> ContentHash {
+    fn hash_of(spec: &RoutingConfigSpec, shards: &[(&str, &routing_model::CustomerMap)]) -> ContentHash {
         compose(&Members {
             namespace: "ns",
             name: "routes",
@@ -497,7 +497,8 @@ mod tests {
     fn an_honest_record_is_trusted_and_rebuilds_a_refused_table_with_its_shards() {
         let key = StatusKey::from_bytes(&[1; 32]);
         let served = spec("http://cell-a");
-        let served_shard: BTreeMap<String, String> = [("globex".to_owned(), "a".to_owned())].into();
+        let served_shard: routing_model::CustomerMap =
+            [("globex".to_owned(), "a".to_owned())].into_iter().collect();
         let hash = hash_of(&served, &[("routes-0", &served_shard)]);
         // Generation 2 of the RoutingConfig was served with shard routes-0 at its generation 4;
         // both were edited since (generation 3, and 5), and the table is refused.
@@ -508,7 +509,9 @@ mod tests {
         let mut shard = RoutingShard::new(
             "routes-0",
             routing_model::manifest::RoutingShardSpec {
-                customer_to_placement: [("globex".to_owned(), "nowhere".to_owned())].into(),
+                customer_to_placement: [("globex".to_owned(), "nowhere".to_owned())]
+                    .into_iter()
+                    .collect(),
             },
         );
         shard.metadata.generation = Some(5);

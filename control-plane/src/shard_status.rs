@@ -294,7 +294,6 @@ fn whole_seconds(t: SystemTime) -> Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use routing_model::compose::{Members, Shard, compose};
@@ -450,7 +449,7 @@ mod tests {
             on_b.conditions[0]
         );
         // routes-0's served generation travels in its status.
-        let copy: BTreeMap<String, String> =
+        let copy: routing_model::CustomerMap =
             crate::served_spec::decode(on_a.served_spec.as_deref().unwrap(), 1 << 20).unwrap();
         assert_eq!(copy, served_a.spec.customer_to_placement);
         assert_eq!((on_a.served_generation, on_a.version), (Some(1), Some(2)));

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use routing_model::protocol::{DeltaMessage, Ordering, SnapshotMessage, SnapshotRef};
-use routing_model::{ConfigDiff, ConfigError, ContentHash, ValidatedConfig};
+use routing_model::validate::ChangeError;
+use routing_model::{ConfigDiff, ConfigError, ContentHash, RoutingTable, ValidatedConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::SnapshotCache;
@@ -32,6 +33,7 @@ use crate::compile::{self, CompileError};
 use crate::metrics::Metrics;
 use crate::precedence::{self, Change, Refusal};
 use crate::state::{ActiveConfig, HistoryEntry, LastError, Mode, SharedState, Source, Trigger, unix_seconds};
+use crate::upstream::Upstream;
 
 pub use crate::compile::Limits;
 
@@ -320,6 +322,8 @@ enum Candidate {
 /// The active table's identity, as the blocking build step needs it.
 struct Previous {
     config: Arc<ValidatedConfig>,
+    table: Arc<RoutingTable<Arc<Upstream>>>,
+    header: http::HeaderName,
     generation: u64,
     snapshot: Option<SnapshotRef>,
 }
@@ -327,6 +331,8 @@ struct Previous {
 struct Built {
     active: ActiveConfig,
     diff: Option<ConfigDiff>,
+    /// The table was patched from the active one rather than rebuilt.
+    patched: bool,
 }
 
 impl Applier {
@@ -401,7 +407,15 @@ impl Applier {
                     let result = match self.resolve(&delta).await {
                         Ok(snapshot) => {
                             let before = self.latest_pushed.replace(snapshot.clone());
-                            let applied = self.apply_snapshot(Change::Push, snapshot, source, trigger).await;
+                            let applied = self
+                                .apply_snapshot_from(
+                                    Change::Push,
+                                    snapshot,
+                                    Some(delta.clone()),
+                                    source,
+                                    trigger,
+                                )
+                                .await;
                             // A result that is not the target's content is no base for the next delta.
                             if let Err(ApplyError::HashMismatch { .. }) = &applied {
                                 self.latest_pushed = before;
@@ -569,14 +583,30 @@ impl Applier {
         source: Source,
         trigger: Trigger,
     ) -> Result<Applied, ApplyError> {
+        self.apply_snapshot_from(change, snapshot, None, source, trigger)
+            .await
+    }
+
+    /// [`Self::apply_snapshot`] of a snapshot made by `delta`, if one did: when the delta's base
+    /// is the active table, the table is patched rather than rebuilt.
+    async fn apply_snapshot_from(
+        &mut self,
+        change: Change,
+        snapshot: Arc<SnapshotMessage>,
+        delta: Option<Arc<DeltaMessage>>,
+        source: Source,
+        trigger: Trigger,
+    ) -> Result<Applied, ApplyError> {
         self.decided(change, async |this: &mut Self| {
             let detail = format!(
                 "{} version {} ({})",
                 snapshot.routing_config, snapshot.snapshot.version, snapshot.snapshot.lineage
             );
-            let applied = this
-                .apply(Input::Snapshot(snapshot.clone()), source, trigger, detail, None)
-                .await?;
+            let input = Input::Snapshot {
+                message: snapshot.clone(),
+                delta,
+            };
+            let applied = this.apply(input, source, trigger, detail, None).await?;
             if source == Source::ControlPlane
                 && let Some(persist) = &this.persist
             {
@@ -680,6 +710,8 @@ impl Applier {
         let limits = self.limits;
         let previous = current.as_ref().map(|a| Previous {
             config: a.config.clone(),
+            table: a.table.clone(),
+            header: a.header.clone(),
             generation: a.generation,
             snapshot: a.snapshot.clone(),
         });
@@ -723,7 +755,14 @@ impl Applier {
             }
             Candidate::Built(b) => *b,
         };
-        let Built { active, diff } = built;
+        let Built {
+            active,
+            diff,
+            patched,
+        } = built;
+        if patched {
+            self.metrics.deltas_patched.inc();
+        }
         let summary = diff.as_ref().map(|d| d.summarize(DIFF_SAMPLE));
         let applied = Applied {
             generation: active.generation,
@@ -825,7 +864,11 @@ impl Applier {
 enum Input {
     Bytes(Vec<u8>),
     Validated(Arc<ValidatedConfig>),
-    Snapshot(Arc<SnapshotMessage>),
+    /// A snapshot, and the delta that made it when one did.
+    Snapshot {
+        message: Arc<SnapshotMessage>,
+        delta: Option<Arc<DeltaMessage>>,
+    },
     /// Lets unit tests prove that a panic while building leaves the active table alone.
     #[cfg(test)]
     Panic,
@@ -841,12 +884,31 @@ fn build(
     detail: String,
 ) -> Result<Candidate, ApplyError> {
     let mut snapshot = None;
+    // A delta from the active table: validated, hashed, diffed and compiled from the change.
+    let mut patch = None;
     let config = match input {
         Input::Bytes(bytes) => Arc::new(routing_model::load(&bytes, limits.parse)?),
         Input::Validated(config) => config,
-        Input::Snapshot(message) => {
-            let config = routing_model::validate::validate(message.to_manifest())
-                .map_err(|e| ApplyError::Config(ConfigError::Invalid(e)))?;
+        Input::Snapshot { message, delta } => {
+            let base = previous.as_ref().filter(|p| {
+                delta
+                    .as_ref()
+                    .is_some_and(|d| p.snapshot.as_ref() == Some(&d.base) && d.snapshot == message.snapshot)
+            });
+            let config = match (base, &delta) {
+                (Some(base), Some(delta)) => {
+                    patch = Some(delta.clone());
+                    base.config.with_changes(&delta.changes).map_err(|e| match e {
+                        ChangeError::Invalid(e) => ApplyError::Config(ConfigError::Invalid(e)),
+                        ChangeError::Delta(e) => ApplyError::DeltaMismatch {
+                            version: delta.snapshot.version,
+                            why: e.to_string(),
+                        },
+                    })?
+                }
+                _ => routing_model::validate::validate(message.to_manifest())
+                    .map_err(|e| ApplyError::Config(ConfigError::Invalid(e)))?,
+            };
             if !message.snapshot.hash.matches(config.spec(), config.hash()) {
                 return Err(ApplyError::HashMismatch {
                     claimed: message.snapshot.hash,
@@ -873,10 +935,29 @@ fn build(
     {
         return Ok(Candidate::Unchanged(config.hash(), snapshot, detail));
     }
-    let compiled = compile::compile(&config, &limits, metrics)?;
-    let diff = previous
-        .as_ref()
-        .map(|p| ConfigDiff::between(p.config.spec(), config.spec()));
+    let patched = patch.as_ref().zip(previous.as_ref()).and_then(|(delta, prev)| {
+        if delta.changes.touches_placements() {
+            return None;
+        }
+        let changes = delta
+            .changes
+            .customer_to_placement
+            .iter()
+            .map(|(c, p)| (c.as_str(), p.as_deref()));
+        Some(compile::Compiled {
+            table: Arc::new(prev.table.with_changes(changes)?),
+            header: prev.header.clone(),
+        })
+    });
+    let was_patched = patched.is_some();
+    let compiled = match patched {
+        Some(compiled) => compiled,
+        None => compile::compile(&config, &limits, metrics)?,
+    };
+    let diff = previous.as_ref().map(|p| match &patch {
+        Some(delta) => ConfigDiff::of_changes(p.config.spec(), &delta.changes),
+        None => ConfigDiff::between(p.config.spec(), config.spec()),
+    });
     let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
     Ok(Candidate::Built(Box::new(Built {
         active: ActiveConfig {
@@ -890,6 +971,7 @@ fn build(
             snapshot,
         },
         diff,
+        patched: was_patched,
     })))
 }
 

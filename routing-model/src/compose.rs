@@ -12,15 +12,14 @@
 //! The composed spec is the RoutingConfig's spec with every customer of every member, so its
 //! content hash is the hash of the same table kept in one object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::manifest::{KIND, ObjectMeta, RoutingConfigSpec, SHARD_KIND};
+use crate::manifest::{CustomerMap, KIND, ObjectMeta, RoutingConfigSpec, SHARD_KIND};
 use crate::validate::{
     ValidatedConfig, ValidationError, check_customer, check_customer_count, check_routing, key_path,
-    unused_placements,
 };
 
 /// One RoutingShard of the table.
@@ -29,7 +28,7 @@ pub struct Shard<'a> {
     /// Its name (in the RoutingConfig's namespace).
     pub name: &'a str,
     /// Its customers.
-    pub customers: &'a BTreeMap<String, String>,
+    pub customers: &'a CustomerMap,
 }
 
 /// Everything one table is made of.
@@ -138,7 +137,7 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
     let mut spec = RoutingConfigSpec {
         customer_header: members.config.customer_header.to_ascii_lowercase(),
         default_placement: members.config.default_placement.clone(),
-        customer_to_placement: BTreeMap::new(),
+        customer_to_placement: CustomerMap::new(),
         placement_to_endpoint: members.config.placement_to_endpoint.clone(),
     };
     let mut own = Vec::new();
@@ -148,7 +147,7 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
     }
 
     // Who assigned each customer first, in a fixed order: the RoutingConfig, then shards by name.
-    let mut sources: Vec<(Member, &BTreeMap<String, String>)> =
+    let mut sources: Vec<(Member, &CustomerMap)> =
         vec![(Member::Config, &members.config.customer_to_placement)];
     let mut shards = members.shards.clone();
     shards.sort_by(|a, b| a.name.cmp(b.name));
@@ -159,7 +158,7 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
     );
     let shard_endpoints = format!("spec.placementToEndpoint of {config_object}");
     let mut owner: HashMap<&str, usize> = HashMap::new();
-    let mut composed = BTreeMap::new();
+    let mut composed = CustomerMap::new();
     for (index, (member, customers)) in sources.iter().enumerate() {
         let endpoints_in = match member {
             Member::Config => "spec.placementToEndpoint",
@@ -214,12 +213,11 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
         return Err(CompositionErrors(errors));
     }
     spec.customer_to_placement = composed;
-    let warnings = unused_placements(&spec);
     let metadata = ObjectMeta {
         name: Some(members.name.to_owned()),
         namespace: Some(members.namespace.to_owned()),
     };
-    Ok(ValidatedConfig::new_checked(metadata, spec, warnings))
+    Ok(ValidatedConfig::new_checked(metadata, spec))
 }
 
 #[cfg(test)]
@@ -227,7 +225,7 @@ mod tests {
     use super::*;
     use crate::manifest::{API_VERSION, RoutingConfigManifest};
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map<M: FromIterator<(String, String)>>(pairs: &[(&str, &str)]) -> M {
         pairs
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -243,10 +241,7 @@ mod tests {
         }
     }
 
-    fn members<'a>(
-        config: &'a RoutingConfigSpec,
-        shards: &[(&'a str, &'a BTreeMap<String, String>)],
-    ) -> Members<'a> {
+    fn members<'a>(config: &'a RoutingConfigSpec, shards: &[(&'a str, &'a CustomerMap)]) -> Members<'a> {
         Members {
             namespace: "ns",
             name: "routes",

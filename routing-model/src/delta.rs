@@ -42,9 +42,9 @@ pub enum DeltaError {
     MissingPlacement(String),
 }
 
-fn changed_map(
-    old: &BTreeMap<String, String>,
-    new: &BTreeMap<String, String>,
+fn changed_map<'a>(
+    old: impl IntoIterator<Item = (&'a String, &'a String)>,
+    new: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> BTreeMap<String, Option<String>> {
     merge(old, new)
         .filter_map(|side| match side {

@@ -4,12 +4,9 @@
 //! `data-plane validate --against`. A [`ConfigDiff`] is complete; a [`DiffSummary`] keeps counts
 //! plus a bounded sample so a history of 100k-customer moves stays small.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Iter;
-use std::iter::Peekable;
-
 use serde::Serialize;
 
+use crate::delta::SpecChanges;
 use crate::manifest::RoutingConfigSpec;
 
 /// A customer that changed placement.
@@ -72,11 +69,11 @@ pub(crate) enum Side<'a> {
 
 /// Walks two sorted maps in step, yielding each key once.
 pub(crate) fn merge<'a>(
-    old: &'a BTreeMap<String, String>,
-    new: &'a BTreeMap<String, String>,
+    old: impl IntoIterator<Item = (&'a String, &'a String)>,
+    new: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> impl Iterator<Item = Side<'a>> {
-    let mut a: Peekable<Iter<'a, String, String>> = old.iter().peekable();
-    let mut b: Peekable<Iter<'a, String, String>> = new.iter().peekable();
+    let mut a = old.into_iter().peekable();
+    let mut b = new.into_iter().peekable();
     std::iter::from_fn(move || match (a.peek(), b.peek()) {
         (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
             std::cmp::Ordering::Less => a.next().map(|(k, v)| Side::Old(k, v)),
@@ -129,6 +126,45 @@ impl ConfigDiff {
         };
         diff.default_placement = changed(&old.default_placement, &new.default_placement);
         diff.customer_header = changed(&old.customer_header, &new.customer_header);
+        diff
+    }
+
+    /// The difference from `old` to `old` with `changes` applied: what [`Self::between`] would
+    /// find, in the time of the change rather than of the table.
+    pub fn of_changes(old: &RoutingConfigSpec, changes: &SpecChanges) -> Self {
+        let mut diff = Self::default();
+        for (c, to) in &changes.customer_to_placement {
+            match (old.customer_to_placement.get(c), to) {
+                (None, Some(p)) => diff.customers_added.push((c.clone(), p.clone())),
+                (Some(p), None) => diff.customers_removed.push((c.clone(), p.clone())),
+                (Some(from), Some(to)) if from != to => diff.customers_moved.push(Moved {
+                    customer: c.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                }),
+                _ => {}
+            }
+        }
+        for (p, to) in &changes.placement_to_endpoint {
+            match (old.placement_to_endpoint.get(p), to) {
+                (None, Some(_)) => diff.placements_added.push(p.clone()),
+                (Some(_), None) => diff.placements_removed.push(p.clone()),
+                (Some(from), Some(to)) if from != to => diff.endpoints_changed.push(EndpointChanged {
+                    placement: p.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                }),
+                _ => {}
+            }
+        }
+        let changed = |a: &String, b: &Option<String>| {
+            b.as_ref().filter(|b| *b != a).map(|b| Changed {
+                from: a.clone(),
+                to: b.clone(),
+            })
+        };
+        diff.default_placement = changed(&old.default_placement, &changes.default_placement);
+        diff.customer_header = changed(&old.customer_header, &changes.customer_header);
         diff
     }
 
@@ -231,10 +267,37 @@ impl std::fmt::Display for DiffSummary {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
+    #[test]
+    fn the_diff_of_changes_is_the_diff_of_the_tables_they_make() {
+        let old = spec(
+            &[("acme", "t1"), ("globex", "t2"), ("initech", "t1")],
+            &[("t1", "http://a"), ("t2", "http://b"), ("t3", "http://c")],
+            "t3",
+        );
+        let cases = [
+            r#"{"customerToPlacement":{"acme":"t2","globex":"t2","initech":null,"new":"t3"}}"#,
+            r#"{"placementToEndpoint":{"t1":"http://z","t2":"http://b","t3":null,"t4":"http://d"}}"#,
+            r#"{"defaultPlacement":"t1","customerHeader":"x-tenant"}"#,
+            r#"{"defaultPlacement":"t3","customerHeader":"x-customer-id"}"#,
+        ];
+        for case in cases {
+            let changes: SpecChanges = serde_json::from_str(case).unwrap();
+            let mut new = old.clone();
+            changes.apply(&mut new, None).unwrap();
+            assert_eq!(
+                ConfigDiff::of_changes(&old, &changes),
+                ConfigDiff::between(&old, &new),
+                "{case}"
+            );
+        }
+    }
+
     fn spec(customers: &[(&str, &str)], endpoints: &[(&str, &str)], default: &str) -> RoutingConfigSpec {
-        let map = |pairs: &[(&str, &str)]| {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -243,7 +306,7 @@ mod tests {
         RoutingConfigSpec {
             customer_header: "x-customer-id".to_owned(),
             default_placement: default.to_owned(),
-            customer_to_placement: map(customers),
+            customer_to_placement: map(customers).into_iter().collect(),
             placement_to_endpoint: map(endpoints),
         }
     }

@@ -12,6 +12,8 @@
 //! correctness: a table whose ids crowd one bucket hashes as fast as the JSON scheme did.
 //! `PROTOCOL.md` ("Content hash") specifies the same bytes for other implementations.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 use crate::hash::{ContentHash, HashScheme};
@@ -50,10 +52,12 @@ pub fn bucket_of(id: &str) -> usize {
 /// hash as customers change.
 ///
 /// Each bucket holds its entries encoded as they are hashed (`u32` big-endian length and bytes of
-/// the id, then of the placement, in id order), so it costs about the table's raw size.
-#[derive(Clone)]
+/// the id, then of the placement, in id order), so it costs about the table's raw size. Buckets
+/// are shared between copies and copied on write: a copy with one customer changed costs one
+/// bucket (about 1/1024 of the table) and the bucket digests (32 KiB), not the table.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TableDigest {
-    buckets: Vec<Vec<u8>>,
+    buckets: Vec<Arc<Vec<u8>>>,
     digests: Vec<[u8; 32]>,
     dirty: Vec<usize>,
 }
@@ -61,7 +65,7 @@ pub struct TableDigest {
 impl std::fmt::Debug for TableDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TableDigest")
-            .field("bytes", &self.buckets.iter().map(Vec::len).sum::<usize>())
+            .field("bytes", &self.buckets.iter().map(|b| b.len()).sum::<usize>())
             .finish_non_exhaustive()
     }
 }
@@ -90,7 +94,7 @@ impl TableDigest {
         }
         let digests = buckets.iter().map(|b| digest_of(b)).collect();
         Self {
-            buckets,
+            buckets: buckets.into_iter().map(Arc::new).collect(),
             digests,
             dirty: Vec::new(),
         }
@@ -100,7 +104,7 @@ impl TableDigest {
     /// next [`Self::root`].
     pub fn set(&mut self, id: &str, placement: Option<&str>) {
         let index = bucket_of(id);
-        let bucket = &mut self.buckets[index];
+        let bucket = &self.buckets[index];
         // Find the entry of `id`, or where it would go.
         let mut at = 0;
         let mut found = None;
@@ -125,7 +129,7 @@ impl TableDigest {
         if found.is_none() && placement.is_none() {
             return;
         }
-        bucket.splice(at..end, entry);
+        Arc::make_mut(&mut self.buckets[index]).splice(at..end, entry);
         self.dirty.push(index);
     }
 
@@ -153,9 +157,9 @@ impl TableDigest {
         ContentHash::from_parts(HashScheme::Table, hasher.finalize().into())
     }
 
-    /// Bytes held.
+    /// Bytes held (counting shared buckets in full).
     pub fn heap_bytes(&self) -> usize {
-        self.buckets.iter().map(Vec::capacity).sum::<usize>() + self.digests.len() * 32
+        self.buckets.iter().map(|b| b.capacity()).sum::<usize>() + self.digests.len() * 32
     }
 }
 

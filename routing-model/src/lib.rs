@@ -48,7 +48,7 @@ pub mod validate;
 
 pub use diff::{ConfigDiff, DiffSummary};
 pub use hash::ContentHash;
-pub use manifest::{RoutingConfigManifest, RoutingConfigSpec};
+pub use manifest::{CustomerMap, RoutingConfigManifest, RoutingConfigSpec};
 pub use parse::{ConfigError, ParseError, ParseLimits, load};
 pub use table::{Route, RoutingTable};
 pub use validate::{ValidatedConfig, ValidationError, ValidationErrors, Warning};

@@ -19,6 +19,12 @@ pub const SHARD_KIND: &str = "RoutingShard";
 /// The label that joins a RoutingShard to the RoutingConfig of that name in its namespace.
 pub const ROUTING_CONFIG_LABEL: &str = "cellroute.dev/routing-config";
 
+/// Customer id to placement name, as a persistent (structurally shared) ordered map: a copy of a
+/// table is a pointer, and a copy with one customer changed shares all but one path of nodes
+/// with the original. This is what lets a one-customer change of a 1M-customer table cost
+/// microseconds instead of a copy of the table.
+pub type CustomerMap = imbl::OrdMap<String, String>;
+
 /// A whole RoutingConfig document as found in a file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -129,7 +135,7 @@ pub struct RoutingConfigSpec {
     /// `placementToEndpoint`. Ids are matched exactly against the customer header.
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::customer_map")]
-    pub customer_to_placement: BTreeMap<String, String>,
+    pub customer_to_placement: CustomerMap,
     /// Placement name to the absolute URL of the cell that serves it. The scheme says what the
     /// proxy speaks to the cell: `http` (HTTP/1.1), `h2c` (HTTP/2 without TLS, for gRPC) or
     /// `https` (TLS, HTTP/2 or HTTP/1.1 by ALPN). A path in the URL is prefixed to every
@@ -204,7 +210,7 @@ pub struct RoutingShardSpec {
     /// and no customer may be assigned by two objects of the same table.
     #[serde(default)]
     #[schemars(schema_with = "crate::schema::customer_map")]
-    pub customer_to_placement: BTreeMap<String, String>,
+    pub customer_to_placement: CustomerMap,
 }
 
 /// Metadata of a RoutingShard manifest: its identity, and the labels that join it to its table.

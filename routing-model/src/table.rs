@@ -12,7 +12,9 @@
 //! the caller: the data plane attaches its parsed upstream address and pre-resolved metric
 //! handles, so the request path never looks anything up by name.
 
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use crate::validate::ValidatedConfig;
 
@@ -37,14 +39,38 @@ pub struct Route<'a, P> {
 }
 
 /// An immutable customer → placement index compiled from a [`ValidatedConfig`].
+///
+/// A table made by [`Self::with_changes`] shares its predecessor's index and placements and adds
+/// a small overlay of the customers changed since that index was built, consulted first: a
+/// one-customer change costs the overlay, not a rebuild, and a lookup at most one more probe of
+/// a table that fits in cache.
 #[derive(Debug)]
 pub struct RoutingTable<P> {
     header: Box<str>,
-    placements: Vec<PlacementSlot<P>>,
+    placements: Arc<[PlacementSlot<P>]>,
     default: usize,
-    index: Index,
+    index: Arc<Index>,
+    overlay: Option<Arc<Overlay>>,
     hasher: foldhash::fast::RandomState,
 }
+
+/// The placement an overlay records for a customer removed since the index was built.
+const GONE: u16 = u16::MAX;
+
+/// The customers changed since a table's index was built.
+#[derive(Debug)]
+struct Overlay {
+    /// Each changed customer's placement, or [`GONE`], for lookups.
+    index: Index,
+    /// The same, for merging with the next changes.
+    entries: BTreeMap<Box<[u8]>, u16>,
+    /// Customers in the table (index and overlay together).
+    customers: usize,
+}
+
+/// The most customers an overlay may hold before [`RoutingTable::with_changes`] asks for a
+/// rebuild: a 64th of the index, and never fewer than this.
+const OVERLAY_MIN: usize = 4096;
 
 impl<P> RoutingTable<P> {
     /// Compiles a validated config, calling `payload` once per placement.
@@ -76,17 +102,87 @@ impl<P> RoutingTable<P> {
         let index = Index::build(spec.customer_to_placement.len(), entries);
         Self {
             header: spec.customer_header.as_str().into(),
-            placements,
+            placements: placements.into(),
             default,
-            index,
+            index: Arc::new(index),
+            overlay: None,
             hasher,
         }
+    }
+
+    /// This table with some customers moved, added or removed (`None`), sharing this table's
+    /// index and placements (and so their payloads). `None` when a change names a placement this
+    /// table does not have, or when the customers changed since the index was built would
+    /// outgrow the overlay: build the table afresh then.
+    pub fn with_changes<'c>(
+        &self,
+        changes: impl IntoIterator<Item = (&'c str, Option<&'c str>)>,
+    ) -> Option<Self> {
+        let (mut entries, mut customers) = match &self.overlay {
+            Some(overlay) => (overlay.entries.clone(), overlay.customers),
+            None => (BTreeMap::new(), self.index.len),
+        };
+        let limit = OVERLAY_MIN.max(self.index.len / 64);
+        for (customer, placement) in changes {
+            let key = customer.as_bytes();
+            let was = self.lookup(key).is_some();
+            let now = match placement {
+                Some(name) => self
+                    .placements
+                    .binary_search_by(|p| (*p.name).cmp(name))
+                    .ok()
+                    .map(|at| u16::try_from(at).expect("placement count bounded by validation"))?,
+                None => GONE,
+            };
+            // Read through the overlay being built, so a customer changed twice counts once.
+            let before = entries.insert(key.into(), now);
+            let was = before.map_or(was, |p| p != GONE);
+            match (was, now != GONE) {
+                (false, true) => customers += 1,
+                (true, false) => customers -= 1,
+                _ => {}
+            }
+            if entries.len() > limit {
+                return None;
+            }
+        }
+        let hasher = self.hasher.clone();
+        let index = Index::build(
+            entries.len(),
+            entries
+                .iter()
+                .map(|(key, &p)| (hasher.hash_one(&key[..]), &key[..], p)),
+        );
+        Some(Self {
+            header: self.header.clone(),
+            placements: self.placements.clone(),
+            default: self.default,
+            index: self.index.clone(),
+            overlay: Some(Arc::new(Overlay {
+                index,
+                entries,
+                customers,
+            })),
+            hasher,
+        })
+    }
+
+    /// The placement of a customer listed in the table.
+    #[inline]
+    fn lookup(&self, key: &[u8]) -> Option<u16> {
+        let hash = self.hasher.hash_one(key);
+        if let Some(overlay) = &self.overlay
+            && let Some(placement) = overlay.index.get(hash, key)
+        {
+            return (placement != GONE).then_some(placement);
+        }
+        self.index.get(hash, key)
     }
 
     /// Routes a request by its customer id; `None` (no header) goes to the default placement.
     #[inline]
     pub fn route(&self, customer: Option<&[u8]>) -> Route<'_, P> {
-        let found = customer.and_then(|key| self.index.get(self.hasher.hash_one(key), key));
+        let found = customer.and_then(|key| self.lookup(key));
         match found {
             Some(placement) => Route {
                 placement: &self.placements[usize::from(placement)],
@@ -111,12 +207,21 @@ impl<P> RoutingTable<P> {
 
     /// Number of customers with an explicit placement.
     pub fn customers(&self) -> usize {
-        self.index.len
+        self.overlay.as_ref().map_or(self.index.len, |o| o.customers)
     }
 
-    /// Heap bytes held by the index and arena (excluding placement payloads).
+    /// Customers changed since the index was built (what [`Self::with_changes`] keeps apart).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.as_ref().map_or(0, |o| o.entries.len())
+    }
+
+    /// Heap bytes held by the index and arena (excluding placement payloads), counting an index
+    /// shared with another table in full.
     pub fn heap_bytes(&self) -> usize {
         self.index.heap_bytes()
+            + self.overlay.as_ref().map_or(0, |o| {
+                o.index.heap_bytes() + o.entries.keys().map(|k| k.len() + 32).sum::<usize>()
+            })
     }
 }
 
@@ -412,6 +517,71 @@ mod tests {
             assert_eq!(&*table.route(Some(miss.as_bytes())).placement.name, "t3");
         }
         assert_eq!(table.customers(), 4);
+    }
+
+    #[test]
+    fn changes_route_like_a_table_built_from_the_result() {
+        let base: Vec<(String, String)> = (0..3_000)
+            .map(|i| (format!("customer-{i}"), format!("t{}", 1 + i % 3)))
+            .collect();
+        let borrowed: Vec<(&str, &str)> = base.iter().map(|(c, p)| (c.as_str(), p.as_str())).collect();
+        let mut model: BTreeMap<String, String> = base.iter().cloned().collect();
+        let mut table = RoutingTable::build(&config(&borrowed), |_, _| ());
+        // Rounds of moves, removals (present, absent, twice), additions and re-additions.
+        for round in 0..20usize {
+            let mut changes: Vec<(String, Option<String>)> = Vec::new();
+            for j in 0..40usize {
+                let n = (round * 977 + j * 131) % 3_500;
+                let id = format!("customer-{n}");
+                let placement = match (round + j) % 4 {
+                    0 => None,
+                    k => Some(format!("t{k}")),
+                };
+                changes.push((id, placement));
+            }
+            changes.push((format!("customer-{}", round * 7), None));
+            changes.push((format!("customer-{}", round * 7), Some("t2".to_owned())));
+            for (id, placement) in &changes {
+                match placement {
+                    Some(p) => model.insert(id.clone(), p.clone()),
+                    None => model.remove(id),
+                };
+            }
+            table = table
+                .with_changes(changes.iter().map(|(c, p)| (c.as_str(), p.as_deref())))
+                .expect("within the overlay");
+            assert_eq!(table.customers(), model.len(), "round {round}");
+        }
+        assert!(table.overlay_len() > 0);
+        for n in 0..3_600 {
+            let id = format!("customer-{n}");
+            let route = table.route(Some(id.as_bytes()));
+            match model.get(&id) {
+                Some(p) => assert!(route.matched && *route.placement.name == **p, "{id}"),
+                None => assert!(!route.matched && &*route.placement.name == "t3", "{id}"),
+            }
+        }
+    }
+
+    #[test]
+    fn changes_that_name_an_unknown_placement_or_outgrow_the_overlay_ask_for_a_rebuild() {
+        let table = RoutingTable::build(&config(&[("acme", "t1")]), |_, _| ());
+        assert!(table.with_changes([("acme", Some("t9"))]).is_none());
+        let many: Vec<String> = (0..=OVERLAY_MIN).map(|i| format!("c{i}")).collect();
+        assert!(
+            table
+                .with_changes(many.iter().map(|c| (c.as_str(), Some("t1"))))
+                .is_none()
+        );
+        let fits = table
+            .with_changes(many[..OVERLAY_MIN].iter().map(|c| (c.as_str(), Some("t1"))))
+            .expect("exactly the limit fits");
+        assert_eq!(fits.customers(), OVERLAY_MIN + 1);
+        assert_eq!(
+            &*table.route(Some(b"c0")).placement.name,
+            "t3",
+            "the old table is unchanged"
+        );
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! each entry naming the key it is about (`spec.customerToPlacement.acme`). The only way to get a
 //! [`ValidatedConfig`] is through [`validate`], so code that holds one can rely on every rule.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::delta::{DeltaError, SpecChanges};
+use crate::digest::TableDigest;
 use crate::hash::ContentHash;
 use crate::manifest::{API_VERSION, KIND, ObjectMeta, RoutingConfigManifest, RoutingConfigSpec};
 
@@ -77,6 +80,12 @@ pub struct ValidatedConfig {
     spec: RoutingConfigSpec,
     hash: ContentHash,
     warnings: Vec<Warning>,
+    /// The hash tree behind `hash`, kept so a change of a few customers is hashed in the time of
+    /// the change ([`Self::with_changes`]).
+    digest: Arc<TableDigest>,
+    /// Customers per placement (placements without any are absent), so the unused-placement
+    /// warnings of a changed table follow from the change.
+    uses: BTreeMap<String, usize>,
 }
 
 impl ValidatedConfig {
@@ -101,14 +110,78 @@ impl ValidatedConfig {
     }
 
     /// A config that passed every rule (the caller has checked them), with its hash.
-    pub(crate) fn new_checked(metadata: ObjectMeta, spec: RoutingConfigSpec, warnings: Vec<Warning>) -> Self {
-        let hash = ContentHash::of_spec(&spec);
+    pub(crate) fn new_checked(metadata: ObjectMeta, spec: RoutingConfigSpec) -> Self {
+        let mut digest = TableDigest::of_spec(&spec);
+        let hash = digest.root(&spec);
+        let uses = placement_uses(&spec);
+        let warnings = unused_placements(&spec, &uses);
         Self {
             metadata,
             spec,
             hash,
             warnings,
+            digest: Arc::new(digest),
+            uses,
         }
+    }
+
+    /// This config with `changes` applied, validated exactly as [`validate`] would validate the
+    /// whole result (same verdict, errors, warnings and hash). When only customers change, only
+    /// they are checked and hashed, and the customer map is shared with this config: the cost
+    /// follows the change, not the table. Any other change validates the whole result.
+    pub fn with_changes(&self, changes: &SpecChanges) -> Result<Self, ChangeError> {
+        let mut spec = self.spec.clone();
+        if changes.touches_placements() {
+            changes.apply(&mut spec, None)?;
+            let manifest = RoutingConfigManifest {
+                api_version: API_VERSION.to_owned(),
+                kind: KIND.to_owned(),
+                metadata: self.metadata.clone(),
+                spec,
+                status: None,
+            };
+            return Ok(validate(manifest)?);
+        }
+        let mut digest = TableDigest::clone(&self.digest);
+        changes.apply(&mut spec, Some(&mut digest))?;
+        // The rest of the table passed these rules and its placements did not change, so only
+        // the changed customers (and the count) can break one, in the order `validate` reports.
+        let mut errors = Vec::new();
+        check_customer_count(spec.customer_to_placement.len(), &mut errors);
+        for (customer, placement) in &changes.customer_to_placement {
+            let Some(placement) = placement else { continue };
+            let field = key_path("spec.customerToPlacement", customer);
+            for why in check_customer(customer, placement, &spec.placement_to_endpoint, ENDPOINTS) {
+                errors.push(err(&field, why));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ValidationErrors(errors).into());
+        }
+        let mut uses = self.uses.clone();
+        for (customer, placement) in &changes.customer_to_placement {
+            if let Some(old) = self.spec.customer_to_placement.get(customer)
+                && let Some(count) = uses.get_mut(old)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    uses.remove(old);
+                }
+            }
+            if let Some(new) = placement {
+                *uses.entry(new.clone()).or_default() += 1;
+            }
+        }
+        let hash = digest.root(&spec);
+        let warnings = unused_placements(&spec, &uses);
+        Ok(Self {
+            metadata: self.metadata.clone(),
+            spec,
+            hash,
+            warnings,
+            digest: Arc::new(digest),
+            uses,
+        })
     }
 
     /// The manifest form of this config, for display and for writing back to a file.
@@ -121,6 +194,17 @@ impl ValidatedConfig {
             status: None,
         }
     }
+}
+
+/// Why changes do not make a valid table from a valid one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// The changes were made for another table.
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    /// The result breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
 }
 
 /// Checks a manifest against every rule, returning all broken rules at once.
@@ -140,20 +224,14 @@ pub fn validate(manifest: RoutingConfigManifest) -> Result<ValidatedConfig, Vali
     }
     let mut spec = manifest.spec;
     spec.customer_header = spec.customer_header.to_ascii_lowercase();
-    let warnings = check_spec(&spec, &mut errors);
+    check_spec(&spec, &mut errors);
     if !errors.is_empty() {
         return Err(ValidationErrors(errors));
     }
-    let hash = ContentHash::of_spec(&spec);
-    Ok(ValidatedConfig {
-        metadata: manifest.metadata,
-        spec,
-        hash,
-        warnings,
-    })
+    Ok(ValidatedConfig::new_checked(manifest.metadata, spec))
 }
 
-fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Vec<Warning> {
+fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) {
     check_routing(spec, errors);
     check_customer_count(spec.customer_to_placement.len(), errors);
     for (customer, placement) in &spec.customer_to_placement {
@@ -162,7 +240,6 @@ fn check_spec(spec: &RoutingConfigSpec, errors: &mut Vec<ValidationError>) -> Ve
             errors.push(err(&field, why));
         }
     }
-    unused_placements(spec)
 }
 
 /// Where a customer's placement must have an endpoint, as messages name it.
@@ -232,17 +309,20 @@ pub(crate) fn check_customer(
     problems
 }
 
+/// How many customers each placement serves.
+fn placement_uses(spec: &RoutingConfigSpec) -> BTreeMap<String, usize> {
+    let mut uses: HashMap<&str, usize> = HashMap::with_capacity(spec.placement_to_endpoint.len());
+    for placement in spec.customer_to_placement.values() {
+        *uses.entry(placement).or_default() += 1;
+    }
+    uses.into_iter().map(|(p, n)| (p.to_owned(), n)).collect()
+}
+
 /// Placements that no customer uses and that are not the default: legal, probably unintended.
-pub(crate) fn unused_placements(spec: &RoutingConfigSpec) -> Vec<Warning> {
-    let used: BTreeSet<&str> = spec
-        .customer_to_placement
-        .values()
-        .map(String::as_str)
-        .chain(std::iter::once(spec.default_placement.as_str()))
-        .collect();
+fn unused_placements(spec: &RoutingConfigSpec, uses: &BTreeMap<String, usize>) -> Vec<Warning> {
     spec.placement_to_endpoint
         .keys()
-        .filter(|p| !used.contains(p.as_str()))
+        .filter(|p| **p != spec.default_placement && !uses.contains_key(p.as_str()))
         .map(|p| Warning {
             field: key_path("spec.placementToEndpoint", p),
             message: "placement has no customers and is not the default placement".to_owned(),
@@ -318,7 +398,6 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn manifest(spec: RoutingConfigSpec) -> RoutingConfigManifest {
         RoutingConfigManifest {
@@ -328,6 +407,58 @@ mod tests {
             spec,
             status: None,
         }
+    }
+
+    #[test]
+    fn changes_validate_exactly_as_the_whole_result_would() {
+        let base = validate(manifest(spec(
+            &[("acme", "t1"), ("globex", "t2"), ("initech", "t1")],
+            &[
+                ("t1", "http://a"),
+                ("t2", "http://b"),
+                ("t3", "http://c"),
+                ("t4", "http://d"),
+            ],
+            "t3",
+        )))
+        .unwrap();
+        let changes = |json: &str| -> SpecChanges { serde_json::from_str(json).unwrap() };
+        let cases = [
+            r#"{}"#,
+            r#"{"customerToPlacement":{"acme":"t2"}}"#,
+            r#"{"customerToPlacement":{"acme":null,"initech":null}}"#,
+            r#"{"customerToPlacement":{"new":"t4","globex":null}}"#,
+            r#"{"customerToPlacement":{"new":"t9","bad id":"t1"," lead":"nowhere"}}"#,
+            r#"{"customerToPlacement":{"absent":null,"new":"t9"}}"#,
+            r#"{"customerToPlacement":{"":"t1"}}"#,
+            r#"{"placementToEndpoint":{"t1":null}}"#,
+            r#"{"placementToEndpoint":{"t5":"http://e"},"customerToPlacement":{"acme":"t5"}}"#,
+            r#"{"defaultPlacement":"t4","customerToPlacement":{"acme":"t3"}}"#,
+            r#"{"customerHeader":"X-Tenant"}"#,
+        ];
+        for case in cases {
+            let c = changes(case);
+            let incremental = base.with_changes(&c);
+            let mut whole = base.spec().clone();
+            let full = c
+                .apply(&mut whole, None)
+                .map_err(ChangeError::from)
+                .and_then(|()| validate(manifest(whole)).map_err(ChangeError::from));
+            match (&incremental, &full) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.spec(), b.spec(), "{case}");
+                    assert_eq!(a.hash(), b.hash(), "{case}");
+                    assert_eq!(a.warnings(), b.warnings(), "{case}");
+                    assert_eq!(a.uses, b.uses, "{case}");
+                }
+                (a, b) => assert_eq!(a.as_ref().err(), b.as_ref().err(), "{case}"),
+            }
+        }
+        // The base is untouched, and a change shares its customers rather than copying them.
+        assert_eq!(base.spec().customer_to_placement.len(), 3);
+        let moved = base.with_changes(&changes(cases[1])).unwrap();
+        assert_eq!(moved.spec().customer_to_placement["acme"], "t2");
+        assert_eq!(base.spec().customer_to_placement["acme"], "t1");
     }
 
     fn spec(customers: &[(&str, &str)], endpoints: &[(&str, &str)], default: &str) -> RoutingConfigSpec {
@@ -340,7 +471,7 @@ mod tests {
         RoutingConfigSpec {
             customer_header: "X-Customer-ID".to_owned(),
             default_placement: default.to_owned(),
-            customer_to_placement: map(customers),
+            customer_to_placement: map(customers).into_iter().collect(),
             placement_to_endpoint: map(endpoints),
         }
     }

@@ -2,8 +2,9 @@
 //! whole table, and every way it can go wrong ends with the data plane on the right table.
 //!
 //! - the real control plane and data plane: a one-customer edit of a 20,000-customer table is a
-//!   delta of bytes (counted on both sides), applied, routed, cached and hashed like the table the
-//!   control plane serves;
+//!   delta of bytes (counted on both sides), applied by patching the active table, routed, cached
+//!   and hashed like the table the control plane serves; a change of the default placement is a
+//!   delta too, applied by rebuilding the table;
 //! - a peer that cannot apply a delta asks for the whole table and gets it once; a resync asked
 //!   of a whole table is a plain NACK, and the next version is a delta again;
 //! - a data plane without `delta` (one built before it) gets whole tables whose hash is the
@@ -79,6 +80,31 @@ async fn a_one_customer_edit_reaches_the_data_plane_as_a_delta_of_bytes() {
         cached.payload["spec"]["customerToPlacement"]["acme"], "cell-b",
         "the cache holds the table the delta made"
     );
+    // The table was patched, not rebuilt, and the customers it did not change still route.
+    assert_eq!(dp.counter("cellroute_deltas_patched_total").await, 1.0);
+    dp.assert_routes(&[
+        ("filler-00000", "cell-a"),
+        ("filler-19999", "cell-a"),
+        ("nobody", "cell-c"),
+    ])
+    .await;
+
+    // A new default placement changes how every unlisted customer routes: still a delta, but the
+    // table is rebuilt from the result.
+    let third = Table::new(&scene.cells, &CELLS, "cell-b")
+        .filler(FILLER, "cell-a")
+        .customer("acme", "cell-b");
+    let v3 = scene.publish(&third).await;
+    scene.cp.wait_state(&["dp-1"], "SYNCED", Some(v3), SOON).await;
+    dp.assert_routes(&[
+        ("nobody", "cell-b"),
+        ("acme", "cell-b"),
+        ("filler-00042", "cell-a"),
+    ])
+    .await;
+    assert_eq!(dp.counter("cellroute_deltas_applied_total").await, 2.0);
+    assert_eq!(dp.counter("cellroute_deltas_patched_total").await, 1.0);
+    assert_eq!(dp.config().await["hash"].as_str(), Some(third.hash().as_str()));
 }
 
 /// The peer's next version message of `kind`, and its `snapshot` reference.

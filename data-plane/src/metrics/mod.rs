@@ -66,6 +66,9 @@ pub struct Metrics {
     pub deltas_received: Counter,
     /// Deltas applied: versions that arrived as changes, not as a whole table.
     pub deltas_applied: Counter,
+    /// Deltas applied by patching the active table (shared customer map, hash and routing index
+    /// updated for the changed customers) rather than rebuilding it.
+    pub deltas_patched: Counter,
     /// Snapshots acknowledged (applied or already active).
     pub snapshot_acks: Counter,
     /// Snapshots refused (NACK).
@@ -106,6 +109,7 @@ impl Metrics {
         let snapshot_acks = Counter::default();
         let deltas_received = Counter::default();
         let deltas_applied = Counter::default();
+        let deltas_patched = Counter::default();
         let snapshot_nacks = Counter::default();
         let snapshots_superseded = Counter::default();
         let control_plane_sessions = Counter::default();
@@ -158,6 +162,11 @@ impl Metrics {
             "cellroute_deltas_applied",
             "Deltas applied; the others were answered with a NACK asking for the full snapshot",
             deltas_applied.clone(),
+        );
+        registry.register(
+            "cellroute_deltas_patched",
+            "Deltas applied by patching the active table; the other applied deltas (a placement changed, or many customers since the last rebuild) rebuilt it",
+            deltas_patched.clone(),
         );
         registry.register(
             "cellroute_snapshot_acks",
@@ -244,6 +253,7 @@ impl Metrics {
             snapshot_acks,
             deltas_received,
             deltas_applied,
+            deltas_patched,
             snapshot_nacks,
             snapshots_superseded,
             control_plane_sessions,
