@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use kube::ResourceExt;
 use routing_model::crd::{RoutingConfig, RoutingShard};
+use routing_model::delta::SpecChanges;
 use routing_model::manifest::RoutingConfigSpec;
 use routing_model::protocol::{DEFAULT_MAX_MESSAGE_BYTES, SnapshotMessageRef, SnapshotRef};
 use routing_model::{ContentHash, ValidatedConfig};
@@ -80,6 +81,19 @@ pub struct Snapshot {
     /// In a cluster: the objects the table was composed of, at the generations served.
     #[serde(skip)]
     pub members: Option<Arc<ServedMembers>>,
+    /// The changes from the snapshot served before it, when that was of the same lineage: what
+    /// its delta carries, found before it was accepted so that pushing it costs the change.
+    #[serde(skip)]
+    pub changes: Option<Arc<Changes>>,
+}
+
+/// What changed from one served snapshot to the next.
+#[derive(Debug)]
+pub struct Changes {
+    /// The snapshot they apply to.
+    pub base: SnapshotRef,
+    /// The changes.
+    pub changes: SpecChanges,
 }
 
 /// The objects a served table was composed of: the RoutingConfig and its RoutingShards, each at
@@ -228,6 +242,43 @@ impl SnapshotStore {
             .is_some_and(|s| s.lineage == lineage && s.version >= version)
     }
 
+    /// `config` made from the snapshot served for `key` in `lineage`, if there is one, by the
+    /// changes between them: equal to `config`, but sharing the customer map and hash tree of
+    /// the served table (so the one-customer change of a large table holds, and later frees,
+    /// only what changed), with the changes kept for its delta. Costs one pass over both tables,
+    /// before the version is accepted rather than while it is pushed.
+    fn rebase(
+        &self,
+        key: &ObjectKey,
+        lineage: &str,
+        config: ValidatedConfig,
+    ) -> (ValidatedConfig, Option<Arc<Changes>>) {
+        let Some(served) = self
+            .get(key)
+            .and_then(|s| s.served)
+            .filter(|s| s.lineage == lineage)
+        else {
+            return (config, None);
+        };
+        if served.config.metadata() != config.metadata() {
+            return (config, None);
+        }
+        let changes = SpecChanges::between(served.config.spec(), config.spec());
+        match served.config.with_changes(&changes) {
+            // Equal hashes are equal tables (SHA-256); comparing them is not a third pass.
+            Ok(shared) if shared.hash() == config.hash() && shared.warnings() == config.warnings() => (
+                shared,
+                Some(Arc::new(Changes {
+                    base: served.reference(),
+                    changes,
+                })),
+            ),
+            // Cannot happen (the changes between two valid tables apply to the first and make the
+            // second, fuzzed in `delta_apply`); the validated candidate is served as it is.
+            _ => (config, None),
+        }
+    }
+
     /// Offers one version of an object: `Ok` with its validated config, or `Err` with why it
     /// is invalid.
     pub fn offer(
@@ -260,8 +311,9 @@ impl SnapshotStore {
                 version,
                 hash: config.hash(),
             };
-            self.deliverable(key, &reference, &config)
-                .map(|bytes| (config, bytes))
+            let bytes = self.deliverable(key, &reference, &config)?;
+            let (config, changes) = self.rebase(key, lineage, config);
+            Ok((config, bytes, changes))
         });
         let mut objects = self
             .objects
@@ -269,7 +321,7 @@ impl SnapshotStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let state = objects.entry(key.clone()).or_default();
         let outcome = match candidate {
-            Ok((config, message_bytes)) => {
+            Ok((config, message_bytes, changes)) => {
                 let stale = state
                     .served
                     .as_ref()
@@ -286,6 +338,7 @@ impl SnapshotStore {
                         message_bytes,
                         config: Arc::new(config),
                         members,
+                        changes,
                     }));
                     state.rejection = None;
                     Offered::Accepted
@@ -413,6 +466,27 @@ mod tests {
         let state = store.get(&key()).unwrap();
         assert_eq!(state.served.unwrap().version, 1);
         assert_eq!(state.rejection.unwrap().version, 2);
+    }
+
+    #[test]
+    fn a_version_keeps_its_changes_from_the_one_served_before_in_its_lineage() {
+        let store = SnapshotStore::default();
+        store.offer(&key(), "u1", 1, Ok(config("a")));
+        assert!(store.get(&key()).unwrap().served.unwrap().changes.is_none());
+        let before = store.get(&key()).unwrap().served.unwrap();
+        store.offer(&key(), "u1", 2, Ok(config("b")));
+        let served = store.get(&key()).unwrap().served.unwrap();
+        let changes = served.changes.as_ref().expect("changes from version 1");
+        assert_eq!(changes.base, before.reference());
+        assert_eq!(
+            changes.changes,
+            SpecChanges::between(before.config.spec(), served.config.spec())
+        );
+        assert_eq!(changes.changes.default_placement.as_deref(), Some("b"));
+        assert_eq!(served.hash, config("b").hash());
+        // A new lineage starts without.
+        store.offer(&key(), "u2", 1, Ok(config("a")));
+        assert!(store.get(&key()).unwrap().served.unwrap().changes.is_none());
     }
 
     #[test]

@@ -432,6 +432,8 @@ async fn a_100k_customer_table_split_and_applied_with_kubectl_reaches_a_data_pla
     );
     s.dp.wait_routes(&[(moved, after)], K8S_SOON).await;
     assert_eq!(s.dp.counter("cellroute_deltas_applied_total").await, 1.0);
+    // Applied by patching the table the data plane had, not by rebuilding 100k customers.
+    assert_eq!(s.dp.counter("cellroute_deltas_patched_total").await, 1.0);
     let delta_bytes = s.cp.metric("cellroute_delta_bytes", &[]).await;
     assert!(
         delta_bytes > 0.0 && delta_bytes <= 1024.0,

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::snapshot::{ObjectKey, SnapshotStore};
+use crate::snapshot::{ObjectKey, Snapshot, SnapshotStore};
 
 /// A full snapshot message, serialized once.
 #[derive(Debug)]
@@ -233,7 +233,7 @@ impl Publisher {
         let delta = match previous {
             Some(Published::Snapshot(before)) => {
                 let started = std::time::Instant::now();
-                let delta = delta(&name, before, &reference, &served.config, served.message_bytes);
+                let delta = delta(&name, before, &reference, &served, served.message_bytes);
                 self.metrics.delta_encode.observe(started.elapsed().as_secs_f64());
                 delta
             }
@@ -261,17 +261,23 @@ fn delta(
     key: &str,
     before: &Encoded,
     reference: &SnapshotRef,
-    config: &ValidatedConfig,
+    served: &Snapshot,
     full_bytes: usize,
 ) -> Option<Delta> {
     if before.reference.lineage != reference.lineage || before.reference.version >= reference.version {
         return None;
     }
+    // The changes the store found when it accepted the version, when they are from the version
+    // published before (a version published in between was skipped otherwise).
+    let changes = match &served.changes {
+        Some(c) if c.base == before.reference => c.changes.clone(),
+        _ => SpecChanges::between(before.config.spec(), served.config.spec()),
+    };
     let message = ServerMessage::Delta(DeltaMessage {
         routing_config: key.to_owned(),
         base: before.reference.clone(),
         snapshot: reference.clone(),
-        changes: SpecChanges::between(before.config.spec(), config.spec()),
+        changes,
     });
     // Serializing strings and maps of strings cannot fail.
     let text = serde_json::to_string(&message).expect("delta serializes");
