@@ -12,6 +12,9 @@ Run it through `bench/run` (which builds the control plane, the data plane and `
                Lightweight clients (`swarm subscribe`, one process) for every N; real data-plane
                binaries for N = 1 and 10; and `kubectl apply` on the real apiserver for N = 10.
   fanout       row 5: control-plane RSS growth / N with N idle sessions (1k and 10k).
+  join         a fresh data-plane process joining a 1M-customer table: from its start to its
+               ACK of the whole snapshot (host clock, the same the control plane stamps ACKs
+               with), and its RSS once steady against the table's raw size (ids + placement names).
 
 Every loop is bounded in count and time; everything listens on 127.0.0.1.
 """
@@ -60,11 +63,15 @@ class Mode:
     # Tables pushed only at the largest N, whole and as deltas side by side.
     delta_tables: list[int]
     delta_reps: int
+    # The table a fresh data plane joins, and how many times.
+    join_customers: int = 1_000_000
+    join_reps: int = 5
 
 
 MODES = {
     "quick": Mode("quick", reps=3, swarm_ns=[10, 100], real_ns=[1], tables=[10, 10_000],
-                  kube_reps=2, fanout_ns=[1000], loopback_bytes=256 << 20, delta_tables=[], delta_reps=2),
+                  kube_reps=2, fanout_ns=[1000], loopback_bytes=256 << 20, delta_tables=[], delta_reps=2,
+                  join_customers=10_000, join_reps=2),
     "full": Mode("full", reps=30, swarm_ns=[1, 10, 100, 1000], real_ns=[1, 10],
                  tables=[10, 10_000, 100_000], kube_reps=30, fanout_ns=[1000, 10_000],
                  loopback_bytes=2 << 30, delta_tables=[1_000_000], delta_reps=10),
@@ -154,10 +161,14 @@ class ControlPlane:
         return get_json(self.port, "/debug/dataplanes")["dataplanes"]
 
     def rss_kib(self) -> int:
-        for ln in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-        raise RuntimeError("no VmRSS")
+        return rss_kib(self.proc.pid)
+
+
+def rss_kib(pid: int) -> int:
+    for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if ln.startswith("VmRSS:"):
+            return int(ln.split()[1])
+    raise RuntimeError("no VmRSS")
 
 
 def same_ref(a: dict | None, b: dict) -> bool:
@@ -212,7 +223,7 @@ class Swarm:
 
 
 class RealDataPlanes:
-    def __init__(self, env: Env, cp: ControlPlane, n: int, key: str):
+    def __init__(self, env: Env, cp: ControlPlane, n: int, key: str, extra_args: list[str] | None = None):
         self.n = n
         self.gzip = True  # data planes offer gzip
         self.delta = True  # and delta
@@ -229,7 +240,7 @@ class RealDataPlanes:
                         "--admin-listen", f"127.0.0.1:{admin}", "--control-plane", cp.url,
                         "--routing-config", OBJECT, "--token-file", str(env.workdir / "dp-tokens"),
                         "--cache-dir", str(env.workdir / f"{key}-cache-{i}"), "--admin-token-file",
-                        str(admin_token), "--log-level", "warn"]
+                        str(admin_token), "--log-level", "warn"] + (extra_args or [])
                 proc = env.procs.start(f"{key}-{i}", argv)
                 try:
                     B.wait_port(admin)
@@ -596,8 +607,9 @@ def convergence_kube(env: Env, limits: dict) -> dict | None:
 # Row 5: fan-out memory.
 
 
-def settle_rss(cp: ControlPlane, timeout: float = 15) -> int:
-    """RSS once two samples 0.5 s apart agree within 0.5% (bounded by `timeout`)."""
+def settle_rss(cp, timeout: float = 15) -> int:
+    """RSS of `cp` (anything with `rss_kib()`) once two samples 0.5 s apart agree within 0.5%
+    (bounded by `timeout`)."""
     prev = cp.rss_kib()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -631,6 +643,41 @@ def row_fanout(env: Env) -> dict:
         env.procs.stop(sw.proc)
         env.procs.stop(cp.proc)
     return {"rows": rows}
+
+
+class Pid:
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+
+def row_join(env: Env) -> dict:
+    customers = env.mode.join_customers
+    log(f"join: a fresh data plane joining a {customers:,}-customer table")
+    cfg, _ = table_file(env, customers)
+    # What the table is, in bytes, before any structure: every id and its placement's name.
+    raw = sum(len(f"customer-{i:08d}") + len(f"cell-{'ab'[i % 2]}") for i in range(customers))
+    limit = 64 << 20
+    room = ["--max-message-bytes", str(limit)]
+    cp = ControlPlane(env, "cp-join", cfg, extra_args=room + ["--max-config-bytes", str(limit)])
+    served = cp.served()
+    samples = []
+    command = ""
+    for rep in range(env.mode.join_reps):
+        started = time.time()
+        dps = RealDataPlanes(env, cp, 1, f"join{rep}", room)
+        acked = wait_acks(cp, dps.prefix, 1, served, 120)
+        join_s = acked[0] - started
+        rss = settle_rss(Pid(dps.procs[0].pid))
+        log(f"join {rep}: ACK {join_s * 1000:.0f} ms after start; RSS {rss / 1024:.1f} MiB "
+            f"({rss * 1024 / raw:.1f}x the raw {raw / 1e6:.1f} MB)")
+        samples.append({"join_s": join_s, "rss_kib": rss})
+        command = dps.command
+        dps.stop(env)
+    env.procs.stop(cp.proc)
+    return {"customers": customers, "raw_bytes": raw, "samples": samples, "commands": [cp.command, command]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -889,6 +936,32 @@ def render(results: dict, out_dir: Path) -> str:
             A(cmd)
         A("```")
         A("")
+    join = results.get("join")
+    if join:
+        js = sorted(x["join_s"] for x in join["samples"])
+        rss = sorted(x["rss_kib"] * 1024 for x in join["samples"])
+        med_s, med_rss = js[len(js) // 2], rss[len(rss) // 2]
+        raw = join["raw_bytes"]
+        A(f"### A fresh data plane joining a {join['customers']:,}-customer table")
+        A("")
+        A(f"One data-plane process started against a control plane already serving the table, {len(js)} times in "
+          "turn, each with an empty cache: from the moment it was started to the moment its ACK of the whole "
+          "snapshot reached the control plane (connect, receive the gzip snapshot, decode, validate, hash, "
+          "build the table, swap), and its RSS (`VmRSS`) once steady after that. The raw size is the bytes of "
+          "every customer id and its placement's name.")
+        A("")
+        A("| measurement | median | range | reference | ratio | goal |")
+        A("|---|---|---|---|---|---|")
+        A(f"| start → ACK of the whole table | **{med_s * 1000:.0f} ms** | {js[0] * 1000:.0f}–{js[-1] * 1000:.0f} ms | "
+          f"the goal: 1 s | {med_s:.2f} | ≤ 1 s {B.ok(med_s <= 1.0)} |")
+        A(f"| RSS after the join | **{med_rss / 2**20:.0f} MiB** | {rss[0] / 2**20:.0f}–{rss[-1] / 2**20:.0f} MiB | "
+          f"raw table: {raw / 2**20:.1f} MiB | **{med_rss / raw:.1f}** | ≤ 2× {B.ok(med_rss <= 2 * raw)} |")
+        A("")
+        A("```sh")
+        for cmd in join["commands"]:
+            A(cmd)
+        A("```")
+        A("")
     A(END)
     return "\n".join(L)
 
@@ -966,9 +1039,18 @@ def main() -> int:
     rows = set(args.rows.split(","))
     results = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": B.machine(), "versions": B.versions(), "mode": mode.__dict__}
+    # Rows not run this time keep their last results (the section shows every row), each with the
+    # date it was measured.
+    earlier = out_dir / "push-results.json"
+    if md and earlier.exists():
+        before = json.loads(earlier.read_text())
+        for name in ("convergence", "fanout", "join"):
+            if name not in rows and name in before:
+                results[name] = before[name]
+                results[name].setdefault("date", before.get("date"))
     failures = []
     try:
-        for name, fn in (("convergence", row_convergence), ("fanout", row_fanout)):
+        for name, fn in (("convergence", row_convergence), ("fanout", row_fanout), ("join", row_join)):
             if name not in rows:
                 continue
             try:
