@@ -1,4 +1,5 @@
-//! Route lookup cost at 10, 10k and 1M customers, and table build cost at 100k.
+//! Route lookup cost at 10, 10k and 1M customers (at 1M also through the overlay that deltas
+//! leave), and table build cost at 100k.
 //!
 //! Run: `cargo bench -p routing-model --bench table`. Lookups use a fixed, shuffled set of
 //! existing customer ids (hits) plus unknown ids (misses, which fall back to the default).
@@ -73,6 +74,23 @@ fn lookup(c: &mut Criterion) {
                 black_box(table.route(Some(black_box(&keys[i]))).placement.payload)
             });
         });
+        if customers == 1_000_000 {
+            // The same probes against the table after deltas: an overlay as full as it gets
+            // before a rebuild (1/64 of the table), moving customers that the probes also hit.
+            let moved: Vec<String> = (0..customers / 64)
+                .map(|i| format!("customer-{:08}", i * 64))
+                .collect();
+            let patched = table
+                .with_changes(moved.iter().map(|c| (c.as_str(), Some("cell-1"))))
+                .expect("within the overlay");
+            group.bench_with_input(BenchmarkId::new("hit_patched", customers), &keys, |b, keys| {
+                let mut i = 0;
+                b.iter(|| {
+                    i = (i + 1) & 4095;
+                    black_box(patched.route(Some(black_box(&keys[i]))).placement.payload)
+                });
+            });
+        }
         group.bench_function(BenchmarkId::new("miss", customers), |b| {
             b.iter(|| black_box(table.route(Some(black_box(b"nobody-at-all"))).placement.payload));
         });
