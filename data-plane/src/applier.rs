@@ -949,10 +949,9 @@ fn build(
             header: prev.header.clone(),
         })
     });
-    let was_patched = patched.is_some();
-    let compiled = match patched {
-        Some(compiled) => compiled,
-        None => compile::compile(&config, &limits, metrics)?,
+    let (compiled, patched) = match patched {
+        Some(compiled) => (compiled, true),
+        None => (compile::compile(&config, &limits, metrics)?, false),
     };
     let diff = previous.as_ref().map(|p| match &patch {
         Some(delta) => ConfigDiff::of_changes(p.config.spec(), &delta.changes),
@@ -971,7 +970,7 @@ fn build(
             snapshot,
         },
         diff,
-        patched: was_patched,
+        patched,
     })))
 }
 
