@@ -10,10 +10,14 @@
 //! NACK texts are cut to [`MAX_NACK_ERROR_BYTES`], and records of disconnected data planes are
 //! forgotten after [`FORGET_AFTER`] or when there are more than [`MAX_DISCONNECTED`] of them
 //! (oldest first).
+//!
+//! Each session holds its own record, so an ACK locks that record alone: no lock or lookup that
+//! every session shares. A superseded session holds a record no longer listed, so what it still
+//! reports changes nothing.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use routing_model::protocol::{MAX_NACK_ERROR_BYTES, SnapshotRef, truncate};
@@ -134,6 +138,8 @@ pub struct Session {
     pub number: u64,
     /// Fires when a newer session under the same key takes the record over.
     pub superseded: CancellationToken,
+    /// Its record (listed until a newer session under the same key replaces it).
+    record: Arc<Mutex<Record>>,
 }
 
 /// What a new session of a data plane brings.
@@ -149,7 +155,7 @@ pub struct Arrival<'a> {
 
 /// All data planes.
 pub struct Registry {
-    records: Mutex<BTreeMap<DataPlaneKey, Record>>,
+    records: Mutex<BTreeMap<DataPlaneKey, Shared>>,
     sessions: AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -164,6 +170,13 @@ impl Default for Registry {
     }
 }
 
+/// One record, shared by the registry and its session.
+type Shared = Arc<Mutex<Record>>;
+
+fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -172,7 +185,7 @@ fn now() -> f64 {
 }
 
 impl Registry {
-    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<DataPlaneKey, Record>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<DataPlaneKey, Shared>) -> R) -> R {
         let mut records = self
             .records
             .lock()
@@ -189,53 +202,51 @@ impl Registry {
         let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let superseded = CancellationToken::new();
         let t = now();
-        self.with(|records| {
-            let previous = records.remove(&key);
+        let record = self.with(|records| {
+            let previous = records.remove(&key).map(|p| lock(&p).clone());
             if let Some(p) = &previous {
                 p.superseded.cancel();
             }
-            records.insert(
-                key.clone(),
-                Record {
-                    id: key.id.clone(),
-                    identity: key.principal.clone(),
-                    routing_config: arrival.routing_config.to_owned(),
-                    user: arrival.user.to_owned(),
-                    remote: arrival.remote.to_owned(),
-                    session: number,
-                    connected: true,
-                    connected_since: t,
-                    last_seen: t,
-                    // A reconnecting data plane keeps what it had applied.
-                    acked: previous
-                        .as_ref()
-                        .filter(|p| p.routing_config == arrival.routing_config)
-                        .and_then(|p| p.acked.clone()),
-                    acked_at: None,
-                    nacked: None,
-                    superseded: superseded.clone(),
-                },
-            );
+            let record = Arc::new(Mutex::new(Record {
+                id: key.id.clone(),
+                identity: key.principal.clone(),
+                routing_config: arrival.routing_config.to_owned(),
+                user: arrival.user.to_owned(),
+                remote: arrival.remote.to_owned(),
+                session: number,
+                connected: true,
+                connected_since: t,
+                last_seen: t,
+                // A reconnecting data plane keeps what it had applied.
+                acked: previous
+                    .as_ref()
+                    .filter(|p| p.routing_config == arrival.routing_config)
+                    .and_then(|p| p.acked.clone()),
+                acked_at: None,
+                nacked: None,
+                superseded: superseded.clone(),
+            }));
+            records.insert(key.clone(), record.clone());
             forget(records, t);
+            record
         });
         self.notify();
         Session {
             key,
             number,
             superseded,
+            record,
         }
     }
 
     fn update(&self, session: &Session, f: impl FnOnce(&mut Record)) {
-        let changed = self.with(|records| match records.get_mut(&session.key) {
-            Some(r) if r.session == session.number => {
-                r.last_seen = now();
-                f(r);
-                true
-            }
-            _ => false,
-        });
-        if changed {
+        {
+            let mut record = lock(&session.record);
+            record.last_seen = now();
+            f(&mut record);
+        }
+        // A superseded session's record is no longer listed: nothing anyone sees changed.
+        if !session.superseded.is_cancelled() {
             self.notify();
         }
     }
@@ -273,7 +284,7 @@ impl Registry {
 
     /// Every data plane, by identity and id.
     pub fn list(&self) -> Vec<Record> {
-        self.with(|records| records.values().cloned().collect())
+        self.with(|records| records.values().map(|r| lock(r).clone()).collect())
     }
 
     /// Counts for one RoutingConfig against its served snapshot.
@@ -307,17 +318,22 @@ impl Registry {
 
 /// Drops records of data planes gone longer than [`FORGET_AFTER`] (at `now`), then the longest
 /// gone beyond [`MAX_DISCONNECTED`].
-fn forget(records: &mut BTreeMap<DataPlaneKey, Record>, now: f64) {
+fn forget(records: &mut BTreeMap<DataPlaneKey, Shared>, now: f64) {
     let cutoff = now - FORGET_AFTER.as_secs_f64();
-    records.retain(|_, r| r.connected || r.last_seen > cutoff);
-    let disconnected = records.values().filter(|r| !r.connected).count();
+    records.retain(|_, r| {
+        let r = lock(r);
+        r.connected || r.last_seen > cutoff
+    });
+    let disconnected = records.values().filter(|r| !lock(r).connected).count();
     if disconnected <= MAX_DISCONNECTED {
         return;
     }
     let mut gone: Vec<(f64, DataPlaneKey)> = records
         .iter()
-        .filter(|(_, r)| !r.connected)
-        .map(|(k, r)| (r.last_seen, k.clone()))
+        .filter_map(|(k, r)| {
+            let r = lock(r);
+            (!r.connected).then(|| (r.last_seen, k.clone()))
+        })
         .collect();
     gone.sort_by(|a, b| a.0.total_cmp(&b.0));
     for (_, key) in gone.into_iter().take(disconnected - MAX_DISCONNECTED) {
