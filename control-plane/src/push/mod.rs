@@ -20,6 +20,7 @@ pub mod auth;
 pub mod publisher;
 pub mod registry;
 pub mod session;
+pub mod updates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,9 @@ pub async fn subscribe(
     };
     let max = s.settings.max_message_bytes;
     upgrade
-        .read_buffer_size(8 * 1024)
+        // tungstenite zeroes up to this much before every read: sized for what data planes send
+        // (ACKs of a few hundred bytes), not for what they receive.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max + 64 * 1024)
         .max_message_size(MAX_CLIENT_MESSAGE_BYTES)

@@ -36,6 +36,7 @@ use super::PushState;
 use super::auth::Identity;
 use super::publisher::{Encoded, Full, Published};
 use super::registry::{Arrival, DataPlaneKey, Registry, Session};
+use super::updates::Updates;
 use crate::metrics::Metrics;
 use crate::snapshot::ObjectKey;
 use routing_model::hash::HashScheme;
@@ -406,8 +407,8 @@ impl Subscribed {
     }
 
     async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, s: &PushState) -> End {
-        let mut updates = s.publisher.subscribe(&self.greeted.key);
-        let current = updates.borrow_and_update().clone();
+        let mut updates = Updates::new(s.publisher.subscribe(&self.greeted.key));
+        let current = updates.current();
         let hello = &self.greeted.hello;
         // A data plane without `delta` knows the served snapshot by its JSON-scheme hash.
         let up_to_date = match &current {
@@ -451,7 +452,14 @@ impl Subscribed {
         if !up_to_date && let Err(end) = self.publish(sink, &current, s).await {
             return end;
         }
-        let superseded = self.session().superseded.clone();
+        // Waited on from one future each for the whole session: re-creating them every turn of
+        // the loop locks waiter lists that every session shares.
+        let superseded_token = self.session().superseded.clone();
+        let superseded = superseded_token.cancelled();
+        // A child token: checking it locks this session's node, not the one all sessions share.
+        let shutdown_token = s.shutdown.child_token();
+        let shutdown = shutdown_token.cancelled();
+        tokio::pin!(superseded, shutdown);
         let mut ping = tokio::time::interval(s.settings.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_seen = Instant::now();
@@ -463,13 +471,12 @@ impl Subscribed {
         let mut held = false;
         loop {
             tokio::select! {
-                () = s.shutdown.cancelled() => return End::Shutdown,
-                () = superseded.cancelled() => return End::Superseded,
+                () = &mut shutdown => return End::Shutdown,
+                () = &mut superseded => return End::Superseded,
                 changed = updates.changed() => {
-                    if changed.is_err() {
+                    let Ok(next) = changed else {
                         return End::Shutdown;
-                    }
-                    let next = updates.borrow_and_update().clone();
+                    };
                     held = matches!(next, Published::Snapshot(_)) && !self.ledger.may_send();
                     if held {
                         tracing::debug!(data_plane = %self.id(), "holding a new version until the data plane answers the ones it has");
@@ -501,8 +508,8 @@ impl Subscribed {
                     match frame {
                         Message::Text(body) => match serde_json::from_str::<ClientMessage>(body.as_str()) {
                             Ok(ClientMessage::Ack { snapshot }) => {
-                                let served = match &*updates.borrow() {
-                                    Published::Snapshot(current) => Some(current.clone()),
+                                let served = match updates.current() {
+                                    Published::Snapshot(current) => Some(current),
                                     Published::Missing(_) => None,
                                 };
                                 self.ack(snapshot, served.as_deref(), session_start, s);
@@ -513,7 +520,7 @@ impl Subscribed {
                             Ok(ClientMessage::Nack { snapshot, error, resync }) => {
                                 if self.nack(snapshot, &error, resync, s) && !held {
                                     // The delta did not apply: the whole table, now.
-                                    let current = updates.borrow().clone();
+                                    let current = updates.current();
                                     if let Err(end) = self.publish(sink, &current, s).await {
                                         return end;
                                     }
@@ -590,7 +597,7 @@ impl Subscribed {
     async fn release(
         &mut self,
         held: &mut bool,
-        updates: &tokio::sync::watch::Receiver<Published>,
+        updates: &Updates,
         sink: &mut Sink,
         s: &PushState,
     ) -> Result<(), End> {
@@ -598,7 +605,7 @@ impl Subscribed {
             return Ok(());
         }
         *held = false;
-        let current = updates.borrow().clone();
+        let current = updates.current();
         self.publish(sink, &current, s).await
     }
 
