@@ -930,7 +930,7 @@ def render(results: dict, out_dir: Path) -> str:
               f"**{r['bytes_per_conn'] / 1024:.1f} KiB** | {B.ok(r['bytes_per_conn'] <= 32 * 1024)} | 256 KiB "
               f"({r['bytes_per_conn'] / (256 * 1024):.2f}×) |")
         A("")
-        A("The push server sets an 8 KiB read buffer and no write buffer per session (tungstenite's defaults are "
+        A("The push server sets a 1 KiB read buffer and no write buffer per session (tungstenite's defaults are "
           "128 KiB each), and every session shares the one encoded snapshot.")
         A("")
         A("```sh")
