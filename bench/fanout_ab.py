@@ -25,18 +25,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import push as P  # noqa: E402
 
 
-def cell(build: Path, customers: int, clients: int, reps: int, delta: bool) -> dict:
+def environment(build: Path) -> P.Env:
+    """A run directory holding `build`'s binaries."""
     workdir = Path(tempfile.mkdtemp(prefix="cellroute-ab-"))
     env = P.Env(types.SimpleNamespace(profile=False, kube=False, quick=False), P.MODES["full"], workdir)
+    for name, dst in (("control-plane", env.control_plane), ("data-plane", env.data_plane),
+                      ("swarm", env.swarm)):
+        shutil.copy2(build / name, dst)
+    return env
+
+
+def cell(build: Path, limits: dict, customers: int, clients: int, reps: int, delta: bool) -> dict:
+    """One convergence cell of `build`, as `bench/run --rows convergence` runs it."""
+    env = environment(build)
     try:
-        for name, dst in (("control-plane", env.control_plane), ("data-plane", env.data_plane),
-                          ("swarm", env.swarm)):
-            shutil.copy2(build / name, dst)
-        limits = P.loopback(env)
         cfg, edit = P.table_file(env, customers)
-        limit = 64 << 20 if customers > 400_000 else None
-        extra = ["--reload-debounce", "10ms", "--send-timeout", "300s", "--heartbeat-timeout", "300s"] + (
-            ["--max-message-bytes", str(limit), "--max-config-bytes", str(limit)] if limit else [])
+        extra, limit = P.swarm_cell_args(customers)
         cp = P.ControlPlane(env, "cp", cfg, extra_args=extra)
         sw = P.Swarm(env, cp, clients, "sw", True, delta, limit)
         sw.wait_synced(cp.served(), 600)
@@ -46,7 +50,7 @@ def cell(build: Path, customers: int, clients: int, reps: int, delta: bool) -> d
                 "cp_cpu_ms": samples[0]["cp_cpu_ms"], "clients_cpu_ms": samples[0]["clients_cpu_ms"]}
     finally:
         env.procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(env.workdir, ignore_errors=True)
 
 
 def main() -> int:
@@ -59,10 +63,17 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--whole", action="store_true", help="whole tables (gzip) instead of deltas")
     args = ap.parse_args()
+    # The loopback figures feed only the lower bound, which this comparison does not report:
+    # measured once.
+    env = environment(args.a)
+    try:
+        limits = P.loopback(env)
+    finally:
+        shutil.rmtree(env.workdir, ignore_errors=True)
     runs: dict[str, list[dict]] = {"a": [], "b": []}
     for _ in range(args.pairs):
         for label, build in (("a", args.a), ("b", args.b)):
-            r = cell(build, args.customers, args.clients, args.reps, not args.whole)
+            r = cell(build, limits, args.customers, args.clients, args.reps, not args.whole)
             runs[label].append(r)
             print(json.dumps({"build": label, **{k: round(v, 1) for k, v in r.items()}}), flush=True)
     for label, rs in runs.items():

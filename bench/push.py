@@ -449,20 +449,27 @@ def table_file(env: Env, customers: int):
     return cfg, edit
 
 
+def swarm_cell_args(customers: int) -> tuple[list[str], int | None]:
+    """The control plane's extra flags for a swarm cell of `customers`, and the message limit
+    both ends are given (None: the defaults)."""
+    # A table of a million customers is about 30 MB of JSON: over the 16 MiB default bound on
+    # a message, so both ends are given room for it.
+    limit = 64 << 20 if customers > 400_000 else None
+    # and 1,000 clients joining a large table at once (one swarm process) take longer than the
+    # default 5 s to drain their sends, and than 4 s to answer a ping while they read (at 100k
+    # customers without gzip too: 3 GB of JSON text).
+    slow_join = ["--send-timeout", "300s", "--heartbeat-timeout", "300s"] if customers >= 100_000 else []
+    extra = ["--reload-debounce", "10ms"] + slow_join + (
+        ["--max-message-bytes", str(limit), "--max-config-bytes", str(limit)] if limit else [])
+    return extra, limit
+
+
 def swarm_cells(env: Env, limits: dict, cfg: Path, customers: int, edit, runs, reps: int) -> list[dict]:
     """One cell per (N, gzip, delta) of `runs`: a control plane on `cfg`, a swarm, `reps` edits."""
     cells = []
+    extra, limit = swarm_cell_args(customers)
     for n, gzip, delta in runs:
         tag = f"{'' if gzip else 'text'}{'delta' if delta else ''}"
-        # A table of a million customers is about 30 MB of JSON: over the 16 MiB default bound on
-        # a message, so both ends are given room for it.
-        limit = 64 << 20 if customers > 400_000 else None
-        # and 1,000 clients joining a large table at once (one swarm process) take longer than the
-        # default 5 s to drain their sends, and than 4 s to answer a ping while they read (at 100k
-        # customers without gzip too: 3 GB of JSON text).
-        slow_join = ["--send-timeout", "300s", "--heartbeat-timeout", "300s"] if customers >= 100_000 else []
-        extra = ["--reload-debounce", "10ms"] + slow_join + (
-            ["--max-message-bytes", str(limit), "--max-config-bytes", str(limit)] if limit else [])
         cp = ControlPlane(env, f"cp-swarm-{customers}-{n}-{tag}", cfg, extra_args=extra)
         sw = Swarm(env, cp, n, f"sw{customers}x{n}{tag}", gzip, delta, limit)
         sw.wait_synced(cp.served(), 600)

@@ -16,7 +16,6 @@
 //! reports changes nothing.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -54,9 +53,6 @@ pub struct Record {
     pub user: String,
     /// Its address.
     pub remote: String,
-    /// The session currently (or last) open.
-    #[serde(skip)]
-    pub session: u64,
     /// A session is open.
     pub connected: bool,
     /// Unix seconds the current (or last) session opened.
@@ -132,10 +128,6 @@ pub struct Counts {
 /// A session's place in the registry, handed out by [`Registry::connect`].
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// Its record's key.
-    pub key: DataPlaneKey,
-    /// Its number (later sessions have higher ones).
-    pub number: u64,
     /// Fires when a newer session under the same key takes the record over.
     pub superseded: CancellationToken,
     /// Its record (listed until a newer session under the same key replaces it).
@@ -156,7 +148,6 @@ pub struct Arrival<'a> {
 /// All data planes.
 pub struct Registry {
     records: Mutex<BTreeMap<DataPlaneKey, Shared>>,
-    sessions: AtomicU64,
     changed: watch::Sender<u64>,
 }
 
@@ -164,7 +155,6 @@ impl Default for Registry {
     fn default() -> Self {
         Self {
             records: Mutex::default(),
-            sessions: AtomicU64::new(1),
             changed: watch::channel(0).0,
         }
     }
@@ -199,44 +189,37 @@ impl Registry {
 
     /// Records a new session under `key`; a session already open under it is superseded.
     pub fn connect(&self, key: DataPlaneKey, arrival: &Arrival<'_>) -> Session {
-        let number = self.sessions.fetch_add(1, Ordering::Relaxed);
         let superseded = CancellationToken::new();
         let t = now();
         let record = self.with(|records| {
-            let previous = records.remove(&key).map(|p| lock(&p).clone());
-            if let Some(p) = &previous {
-                p.superseded.cancel();
-            }
+            // A reconnecting data plane keeps what it had applied.
+            let acked = records.remove(&key).and_then(|previous| {
+                let previous = lock(&previous);
+                previous.superseded.cancel();
+                (previous.routing_config == arrival.routing_config)
+                    .then(|| previous.acked.clone())
+                    .flatten()
+            });
             let record = Arc::new(Mutex::new(Record {
                 id: key.id.clone(),
                 identity: key.principal.clone(),
                 routing_config: arrival.routing_config.to_owned(),
                 user: arrival.user.to_owned(),
                 remote: arrival.remote.to_owned(),
-                session: number,
                 connected: true,
                 connected_since: t,
                 last_seen: t,
-                // A reconnecting data plane keeps what it had applied.
-                acked: previous
-                    .as_ref()
-                    .filter(|p| p.routing_config == arrival.routing_config)
-                    .and_then(|p| p.acked.clone()),
+                acked,
                 acked_at: None,
                 nacked: None,
                 superseded: superseded.clone(),
             }));
-            records.insert(key.clone(), record.clone());
+            records.insert(key, record.clone());
             forget(records, t);
             record
         });
         self.notify();
-        Session {
-            key,
-            number,
-            superseded,
-            record,
-        }
+        Session { superseded, record }
     }
 
     fn update(&self, session: &Session, f: impl FnOnce(&mut Record)) {

@@ -474,7 +474,7 @@ impl Subscribed {
                 () = &mut shutdown => return End::Shutdown,
                 () = &mut superseded => return End::Superseded,
                 changed = updates.changed() => {
-                    let Ok(next) = changed else {
+                    let Some(next) = changed else {
                         return End::Shutdown;
                     };
                     held = matches!(next, Published::Snapshot(_)) && !self.ledger.may_send();

@@ -4,39 +4,29 @@
 //! `watch::Receiver::changed()` builds a new waiter each call, and a `select!` loop drops and
 //! rebuilds it every time another branch (an ACK, a ping) wins. Every rebuild locks the
 //! channel's waiter list, which every session of the object shares: with 1,000 sessions that is
-//! a contended lock per message. Here the wait is one long-lived future, re-armed only when a
-//! version arrives, so the waiter list is touched once per version per session.
+//! a contended lock per message. A [`WatchStream`] keeps one wait for as long as it lives and
+//! re-arms it only when a version arrives, so the list is touched once per version per session.
 
-use std::future::poll_fn;
-use std::task::{Context, Poll, ready};
-
-use tokio::sync::watch::{self, error::RecvError};
-use tokio_util::sync::ReusableBoxFuture;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 
 use super::publisher::Published;
 
-type Waiting = (Result<(), RecvError>, watch::Receiver<Published>);
-
 /// The versions published for one object, as one session follows them.
 pub struct Updates {
-    /// A second receiver, for reading the newest value while the other one waits.
+    /// For reading the newest value while the stream waits.
     latest: watch::Receiver<Published>,
-    /// The wait for the next version (it owns the receiver that is marked as having seen it).
-    next: ReusableBoxFuture<'static, Waiting>,
-}
-
-async fn wait(mut receiver: watch::Receiver<Published>) -> Waiting {
-    let changed = receiver.changed().await;
-    (changed, receiver)
+    /// The versions after the one the receiver held when this was made.
+    changes: WatchStream<Published>,
 }
 
 impl Updates {
     /// Follows `receiver` from the value it holds now: [`Updates::changed`] waits for the next.
-    pub fn new(mut receiver: watch::Receiver<Published>) -> Self {
-        receiver.borrow_and_update();
+    pub fn new(receiver: watch::Receiver<Published>) -> Self {
         Self {
             latest: receiver.clone(),
-            next: ReusableBoxFuture::new(wait(receiver)),
+            changes: WatchStream::from_changes(receiver),
         }
     }
 
@@ -45,17 +35,10 @@ impl Updates {
         self.latest.borrow().clone()
     }
 
-    /// The next published version (the newest, when several were published meanwhile); an error
+    /// The next published version (the newest, when several were published meanwhile); `None`
     /// when the publisher is gone. Cancel-safe: dropping the future keeps the wait registered.
-    pub async fn changed(&mut self) -> Result<Published, RecvError> {
-        poll_fn(|cx| self.poll_changed(cx)).await
-    }
-
-    fn poll_changed(&mut self, cx: &mut Context<'_>) -> Poll<Result<Published, RecvError>> {
-        let (changed, mut receiver) = ready!(self.next.poll(cx));
-        let value = receiver.borrow_and_update().clone();
-        self.next.set(wait(receiver));
-        Poll::Ready(changed.map(|()| value))
+    pub async fn changed(&mut self) -> Option<Published> {
+        self.changes.next().await
     }
 }
 
@@ -82,6 +65,6 @@ mod tests {
         // Seen once: no second report of the same version.
         assert!(updates.changed().now_or_never().is_none());
         drop(tx);
-        assert!(updates.changed().await.is_err());
+        assert!(updates.changed().await.is_none());
     }
 }
