@@ -4,8 +4,8 @@
 //! shared `routing-model` rules and keeps, per table, the last valid snapshot to serve. One module per concern:
 //! - [`source`]: where RoutingConfigs come from (Kubernetes, or a file) behind one trait;
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
-//! - [`status`] and [`shard_status`]: what a RoutingConfig's and a RoutingShard's status should
-//!   say, as pure functions;
+//! - [`report`]: what the control plane decided, as it reports it: statuses, Events, and each
+//!   replica's data-plane counts;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
 //! - [`served_spec`] and [`status_key`]: the record of the served table in the status, signed,
 //!   so every replica serves it under the same version and recovers only what this control plane
@@ -28,14 +28,13 @@ pub mod leader;
 pub mod merge_patch;
 pub mod metrics;
 pub mod push;
+pub mod report;
 pub mod run;
 pub mod served_spec;
-pub mod shard_status;
 pub mod snapshot;
 pub mod source;
 pub mod split;
 pub mod split_cmd;
-pub mod status;
 pub mod status_key;
 pub mod tls;
 pub mod validate_cmd;

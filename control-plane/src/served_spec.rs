@@ -248,7 +248,7 @@ pub fn check(
     key.verify(&record.message(), signature)
         .map_err(|reason| Untrusted::BadSignature {
             version: recorded.version,
-            hash: crate::status::truncate(&recorded.hash, 80),
+            hash: crate::report::status::truncate(&recorded.hash, 80),
             reason,
         })?;
     if !(1..=MAX_VERSION).contains(&recorded.version) {

@@ -154,7 +154,7 @@ impl StatusKey {
                 namespace: Some(namespace.to_owned()),
                 labels: Some(BTreeMap::from([(
                     "app.kubernetes.io/managed-by".to_owned(),
-                    crate::source::kubernetes::FIELD_MANAGER.to_owned(),
+                    crate::report::FIELD_MANAGER.to_owned(),
                 )])),
                 annotations: Some(BTreeMap::from([(
                     "cellroute.dev/purpose".to_owned(),
@@ -210,7 +210,7 @@ impl StatusKey {
         };
         if id != self.id {
             return Err(SignatureError::OtherKey {
-                found: crate::status::truncate(id, 32),
+                found: crate::report::status::truncate(id, 32),
                 expected: self.id.clone(),
             });
         }

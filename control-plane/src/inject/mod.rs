@@ -161,7 +161,7 @@ pub async fn start(
     let recorder = Recorder::new(
         client,
         Reporter {
-            controller: crate::source::kubernetes::FIELD_MANAGER.to_owned(),
+            controller: crate::report::FIELD_MANAGER.to_owned(),
             instance: Some(settings.identity),
         },
     );

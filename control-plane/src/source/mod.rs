@@ -1,14 +1,13 @@
 //! Where RoutingConfigs come from. A source validates each version with the shared rules and
 //! offers it to the [`SnapshotStore`]; the rest of the control plane only reads the store.
 //!
-//! - [`kubernetes`]: RoutingConfig custom resources, through kube-runtime's `Controller`, with
-//!   status and Events;
+//! - [`kubernetes`]: RoutingConfig custom resources and their RoutingShards, through
+//!   kube-runtime's `Controller` (what it decides, it reports through [`crate::report`]);
 //! - [`file`]: one RoutingConfig manifest from a watched file, for running without a cluster,
 //!   with [`versions`]: its snapshot identities, kept across restarts in a state file.
 
 pub mod file;
 pub mod kubernetes;
-pub mod replicas;
 pub mod versions;
 
 use std::sync::Arc;

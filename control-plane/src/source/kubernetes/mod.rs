@@ -11,7 +11,6 @@
 //!
 //! - [`reconcile`]: one table: compose, decide what to serve and under which version, recover
 //!   the recorded table when nothing valid is at hand;
-//! - [`report`]: statuses of the RoutingConfig and its shards, Events, untrusted records;
 //! - [`shards`]: the RoutingShard watch: which shards belong to which table, and the status of
 //!   shards that belong to none.
 //!
@@ -19,7 +18,6 @@
 //! are known would be served without their customers.
 
 mod reconcile;
-mod report;
 mod shards;
 
 use std::collections::{BTreeSet, HashMap};
@@ -37,15 +35,13 @@ use routing_model::crd::{RoutingConfig, RoutingShard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::replicas::{self, LeaseSweeper, ReplicaSettings};
 use super::{ConfigSource, Readiness, SourceContext};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::push::registry::Registry;
+use crate::report::replicas::{self, LeaseSweeper, ReplicaSettings};
+use crate::report::writer::{WriteError, Writer};
 use crate::snapshot::{ObjectKey, SnapshotStore};
 use crate::status_key::StatusKey;
-
-/// Field manager of the status this control plane writes.
-pub const FIELD_MANAGER: &str = "cellroute-control-plane";
 
 /// Why a reconcile failed; it is retried.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +50,8 @@ pub enum ReconcileError {
     #[error("RoutingConfig {0} has no {1}")]
     MissingField(String, &'static str),
     /// Writing the status failed.
-    #[error("cannot write the status of {0}: {1}")]
-    Status(String, #[source] kube::Error),
+    #[error(transparent)]
+    Status(#[from] WriteError),
     /// Listing the shards of a table failed.
     #[error("cannot list the RoutingShards of {0}: {1}")]
     List(String, #[source] kube::Error),
@@ -83,12 +79,11 @@ pub struct KubernetesSource {
 struct Ctx {
     client: Client,
     store: Arc<SnapshotStore>,
-    reporter: Reporter,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
-    replica: ReplicaSettings,
     status_key: Arc<StatusKey>,
+    /// Writes statuses and Events.
+    report: Arc<Writer>,
     /// The RoutingShards, as the shard watch last listed them.
     shards: Store<RoutingShard>,
     /// The RoutingConfigs.
@@ -106,9 +101,6 @@ struct PerTable {
     compositions: Mutex<HashMap<ObjectKey, Arc<reconcile::Composed>>>,
     /// Since when a new table waits for its objects to settle.
     pending: Mutex<HashMap<ObjectKey, std::time::Instant>>,
-    /// The fingerprint of the last refused record reported, so each forgery is reported once
-    /// rather than on every resync.
-    refused: Mutex<HashMap<ObjectKey, [u8; 32]>>,
 }
 
 impl PerTable {
@@ -120,7 +112,6 @@ impl PerTable {
         }
         remove(&self.compositions, key);
         remove(&self.pending, key);
-        remove(&self.refused, key);
     }
 }
 
@@ -138,7 +129,22 @@ impl ConfigSource for KubernetesSource {
             let shards_listed = Readiness::default();
             let (reader, writer) = reflector::store();
             let tables = Arc::new(PerTable::default());
-            let on_event = event_hook(reader.clone(), sctx.store.clone(), tables.clone(), listed.clone());
+            let report = Arc::new(Writer::new(
+                self.client.clone(),
+                Reporter::from(self.reporter.clone()),
+                sctx.metrics.clone(),
+                self.registry.clone(),
+                self.replica.clone(),
+                self.status_key.clone(),
+            ));
+            let forget = {
+                let (tables, report) = (tables.clone(), report.clone());
+                move |key: &ObjectKey| {
+                    tables.forget(key);
+                    report.forget(key);
+                }
+            };
+            let on_event = event_hook(reader.clone(), sctx.store.clone(), forget, listed.clone());
             let stream = watcher(configs_api, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer)
@@ -153,12 +159,10 @@ impl ConfigSource for KubernetesSource {
             let ctx = Arc::new(Ctx {
                 client: self.client.clone(),
                 store: sctx.store.clone(),
-                reporter: Reporter::from(self.reporter.clone()),
                 leader: self.leader.clone(),
                 metrics: sctx.metrics.clone(),
-                registry: self.registry.clone(),
-                replica: self.replica.clone(),
                 status_key: self.status_key.clone(),
+                report: report.clone(),
                 shards: shard_reader.clone(),
                 configs: reader.clone(),
                 shards_listed,
@@ -239,13 +243,13 @@ impl Listed {
 fn event_hook(
     reader: Store<RoutingConfig>,
     store: Arc<SnapshotStore>,
-    tables: Arc<PerTable>,
+    forget: impl Fn(&ObjectKey),
     listed: Listed,
 ) -> impl FnMut(&watcher::Event<RoutingConfig>) {
     move |event| match event {
         watcher::Event::Delete(obj) => {
             if let Some(key) = ObjectKey::of(obj) {
-                tables.forget(&key);
+                forget(&key);
                 if store.remove(&key) {
                     tracing::info!(target: "audit", object = %key, "RoutingConfig deleted; no longer served (data planes keep their last-known-good table)");
                 }
@@ -258,7 +262,7 @@ fn event_hook(
                 reader.state().iter().filter_map(|o| ObjectKey::of(o)).collect();
             for (key, _) in store.list() {
                 if !present.contains(&key) {
-                    tables.forget(&key);
+                    forget(&key);
                     if store.remove(&key) {
                         tracing::info!(target: "audit", object = %key, "RoutingConfig gone after re-list; no longer served");
                     }

@@ -32,13 +32,13 @@ use routing_model::compose::{CompositionErrors, Member, Members, Shard, compose}
 use routing_model::crd::{RoutingConfig, RoutingShard};
 use routing_model::protocol::SnapshotRef;
 
-use super::report::{self, Report};
 use super::{Ctx, ReconcileError, shards};
 use crate::metrics::ReconcileResult;
+use crate::report::shard_status::{self, Refusal, ServedTable, Table};
+use crate::report::status::{Current, Served};
+use crate::report::writer::{self as report, Report};
 use crate::served_spec::{self, NotRecovered, Owner, Trusted};
-use crate::shard_status::{self, Refusal, ServedTable, Table};
 use crate::snapshot::{ObjectKey, Offered, ServedMembers, ServedShard, Snapshot};
-use crate::status::{Current, Served};
 
 /// How long a table's objects must have stayed unchanged before the leader gives it a new
 /// version: `kubectl apply -f DIR` writes a RoutingConfig and its shards one by one, and the
@@ -194,7 +194,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
     let trusted: Option<Trusted> = match recorded.map(|r| served_spec::check(&ctx.status_key, owner, r)) {
         Some(Ok(t)) => t,
         Some(Err(untrusted)) => {
-            report::report_untrusted(&ctx, &obj, &key, recorded.expect("recorded"), &untrusted).await;
+            report::report_untrusted(&ctx.report, &obj, &key, recorded.expect("recorded"), &untrusted).await;
             None
         }
         None => None,
@@ -250,7 +250,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                         };
                         let current_table = Current::Valid { hash };
                         let status = report::write_status(
-                            &ctx,
+                            &ctx.report,
                             &Report {
                                 obj: &obj,
                                 key: &key,
@@ -306,7 +306,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
         let served = served_now();
         let served_view = served.as_deref().map(Served::of);
         report::write_status(
-            &ctx,
+            &ctx.report,
             &Report {
                 obj: &obj,
                 key: &key,
@@ -422,9 +422,11 @@ async fn recover(
             tracing::info!(target: "audit", object = %key, version = recovered.version, "recovered the served table from the status (signature verified, rebuilt to its hash); serving it while the current table is refused or not yet numbered");
         }
         Err(NotRecovered::Untrusted(untrusted)) => {
-            report::report_untrusted(ctx, obj, key, recorded, &untrusted).await;
+            report::report_untrusted(&ctx.report, obj, key, recorded, &untrusted).await;
         }
-        Err(NotRecovered::Incomplete(why)) => report::report_incomplete(ctx, obj, key, recorded, &why).await,
+        Err(NotRecovered::Incomplete(why)) => {
+            report::report_incomplete(&ctx.report, obj, key, recorded, &why).await
+        }
     }
 }
 
@@ -468,7 +470,7 @@ async fn write_shard_statuses(
         .collect();
     futures::stream::iter(writes)
         .for_each_concurrent(SHARD_STATUS_WRITES, |(shard, desired)| {
-            report::write_shard_status(ctx, shard, desired)
+            report::write_shard_status(&ctx.report, shard, desired)
         })
         .await;
 }

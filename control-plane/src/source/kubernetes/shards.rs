@@ -18,8 +18,9 @@ use routing_model::crd::{RoutingConfig, RoutingShard};
 use routing_model::manifest::ROUTING_CONFIG_LABEL;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ctx, Listed, ReconcileError, report};
-use crate::shard_status;
+use super::{Ctx, Listed, ReconcileError};
+use crate::report::shard_status;
+use crate::report::writer as report;
 use crate::snapshot::ObjectKey;
 use crate::source::Readiness;
 
@@ -143,7 +144,7 @@ pub async fn orphan_loop(ctx: Arc<Ctx>, shutdown: CancellationToken) {
                 table: None,
                 now: SystemTime::now(),
             });
-            report::write_shard_status(&ctx, &shard, desired).await;
+            report::write_shard_status(&ctx.report, &shard, desired).await;
         }
     }
 }

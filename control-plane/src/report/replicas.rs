@@ -76,7 +76,7 @@ impl ReplicaSettings {
             (REPLICA_LEASE_LABEL.to_owned(), self.label_value()),
             (
                 "app.kubernetes.io/managed-by".to_owned(),
-                super::kubernetes::FIELD_MANAGER.to_owned(),
+                super::FIELD_MANAGER.to_owned(),
             ),
         ])
     }
@@ -107,7 +107,7 @@ fn report(counts: &Counts, version: Option<i64>) -> ReplicaReport {
             .map(|(data_plane, version, error)| DataPlaneRejection {
                 data_plane: data_plane.clone(),
                 version: *version,
-                error: crate::status::truncate(error, 1024),
+                error: crate::report::status::truncate(error, 1024),
             }),
     }
 }
@@ -280,7 +280,7 @@ pub async fn prune(client: &Client, obj: &RoutingConfig, dead: &[String]) {
         .collect();
     let patch = serde_json::json!({"status": {"dataPlanes": {"replicas": gone}}});
     let params = PatchParams {
-        field_manager: Some(super::kubernetes::FIELD_MANAGER.to_owned()),
+        field_manager: Some(super::FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
     let api: Api<RoutingConfig> = Api::namespaced(client.clone(), &key.namespace);

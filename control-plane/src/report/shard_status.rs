@@ -1,4 +1,4 @@
-//! What a RoutingShard's status should say, computed as a pure function (like [`crate::status`]
+//! What a RoutingShard's status should say, computed as a pure function (like [`super::status`]
 //! for RoutingConfigs): equal inputs give an equal status, so nothing is written when nothing
 //! changed.
 //!
@@ -16,9 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use routing_model::compose::{CompositionErrors, Member};
 use routing_model::crd::{CONDITION_SERVED, RoutingShard, RoutingShardStatus};
 
+use crate::report::status::truncate;
 use crate::served_spec::bounded_copy;
 use crate::snapshot::ServedMembers;
-use crate::status::truncate;
 
 /// Longest condition message written.
 const MAX_MESSAGE: usize = 4096;

@@ -2,24 +2,82 @@
 //! what changed (see [`crate::merge_patch`] for why not server-side apply), the Events of their
 //! decisions, and reports of records in the status it does not trust.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
 use routing_model::crd::{
     RoutingConfig, RoutingConfigStatus, RoutingShard, RoutingShardStatus, SnapshotStatus,
 };
 use routing_model::protocol::SnapshotRef;
 use sha2::{Digest, Sha256};
 
-use super::{Ctx, FIELD_MANAGER, ReconcileError};
+use super::replicas::{self, ReplicaSettings};
+use super::status::{self, Decision};
+use super::{FIELD_MANAGER, shard_status};
 use crate::merge_patch;
+use crate::metrics::Metrics;
+use crate::push::registry::Registry;
 use crate::served_spec::Untrusted;
-use crate::shard_status;
 use crate::snapshot::ObjectKey;
-use crate::source::replicas;
-use crate::status::{self, Decision};
+use crate::status_key::StatusKey;
+
+/// A status write the API server refused; the reconcile that asked is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the status of {object}: {source}")]
+pub struct WriteError {
+    /// The object, `namespace/name`.
+    pub object: String,
+    /// What the API server said.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// What writing statuses and Events needs, shared by every reconcile.
+pub struct Writer {
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    replica: ReplicaSettings,
+    status_key: Arc<StatusKey>,
+    /// The fingerprint of the last refused record reported per table, so each forgery is
+    /// reported once rather than on every resync.
+    refused: Mutex<HashMap<ObjectKey, [u8; 32]>>,
+}
+
+impl Writer {
+    /// A writer reporting Events as `reporter`, signing records with `status_key`.
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        replica: ReplicaSettings,
+        status_key: Arc<StatusKey>,
+    ) -> Self {
+        Self {
+            client,
+            reporter,
+            metrics,
+            registry,
+            replica,
+            status_key,
+            refused: Mutex::default(),
+        }
+    }
+
+    /// Forgets what was reported of a deleted table.
+    pub fn forget(&self, key: &ObjectKey) {
+        self.refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+}
 
 /// Events are cut to this many bytes (the API allows 1 kB).
 const MAX_EVENT_NOTE: usize = 1000;
@@ -46,7 +104,7 @@ pub struct Report<'a> {
 
 /// Writes the RoutingConfig's status if it differs from `report.current`, publishes the Events
 /// of its decisions, and returns the status it should now have.
-pub async fn write_status(ctx: &Ctx, report: &Report<'_>) -> Result<RoutingConfigStatus, ReconcileError> {
+pub async fn write_status(ctx: &Writer, report: &Report<'_>) -> Result<RoutingConfigStatus, WriteError> {
     let (obj, key) = (report.obj, report.key);
     let current = report.current;
     // Counted against the table this status reports as served, which the leader writes before
@@ -123,7 +181,10 @@ pub async fn write_status(ctx: &Ctx, report: &Report<'_>) -> Result<RoutingConfi
         &Patch::Merge(&serde_json::json!({ "status": change })),
     )
     .await
-    .map_err(|e| ReconcileError::Status(key.to_string(), e))?;
+    .map_err(|source| WriteError {
+        object: key.to_string(),
+        source,
+    })?;
     ctx.metrics.status_writes.inc();
     for decision in status::decisions(current, &desired) {
         publish(ctx, obj, decision).await;
@@ -158,7 +219,7 @@ fn same_status(a: &RoutingConfigStatus, b: &RoutingConfigStatus) -> bool {
 
 /// Writes a shard's status if it differs from the stored one, and publishes the Event of its
 /// decision. A failure is logged (the next reconcile tries again), never fatal to the table.
-pub async fn write_shard_status(ctx: &Ctx, shard: &RoutingShard, desired: RoutingShardStatus) {
+pub async fn write_shard_status(ctx: &Writer, shard: &RoutingShard, desired: RoutingShardStatus) {
     let current = shard.status.as_ref();
     if current == Some(&desired) {
         return;
@@ -223,7 +284,7 @@ fn snapshot_writers_besides_us(obj: &RoutingConfig) -> Vec<String> {
 }
 
 /// Removes `status.snapshot`, whoever wrote it.
-async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<(), ReconcileError> {
+async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<(), WriteError> {
     let ops = serde_json::json!([{"op": "remove", "path": "/status/snapshot"}]);
     let patch: json_patch::Patch = serde_json::from_value(ops).expect("a JSON patch");
     match api
@@ -233,13 +294,16 @@ async fn remove_snapshot(api: &Api<RoutingConfig>, key: &ObjectKey) -> Result<()
         Ok(_) => Ok(()),
         // Already gone (the remove op fails on a missing path): nothing to do.
         Err(kube::Error::Api(status)) if status.code == 422 => Ok(()),
-        Err(e) => Err(ReconcileError::Status(key.to_string(), e)),
+        Err(source) => Err(WriteError {
+            object: key.to_string(),
+            source,
+        }),
     }
 }
 
 /// Reports a refused record once per distinct record: audit log, metric, Warning Event.
 pub async fn report_untrusted(
-    ctx: &Ctx,
+    ctx: &Writer,
     obj: &RoutingConfig,
     key: &ObjectKey,
     recorded: &SnapshotStatus,
@@ -251,10 +315,9 @@ pub async fn report_untrusted(
 }
 
 /// True the first time `recorded` is reported for `key`.
-fn first_report(ctx: &Ctx, key: &ObjectKey, recorded: &SnapshotStatus) -> bool {
+fn first_report(ctx: &Writer, key: &ObjectKey, recorded: &SnapshotStatus) -> bool {
     let fingerprint: [u8; 32] = Sha256::digest(serde_json::to_vec(recorded).unwrap_or_default()).into();
     let mut refused = ctx
-        .tables
         .refused
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -268,7 +331,7 @@ fn first_report(ctx: &Ctx, key: &ObjectKey, recorded: &SnapshotStatus) -> bool {
 /// Reports, once per record, that the recorded table cannot be rebuilt though nothing in it is
 /// forged (a copy was left out, or an object was deleted while the table was refused).
 pub async fn report_incomplete(
-    ctx: &Ctx,
+    ctx: &Writer,
     obj: &RoutingConfig,
     key: &ObjectKey,
     recorded: &SnapshotStatus,
@@ -291,7 +354,7 @@ pub async fn report_incomplete(
 
 /// Audit log, metric and Warning Event for one untrusted record.
 async fn emit_untrusted(
-    ctx: &Ctx,
+    ctx: &Writer,
     obj: &RoutingConfig,
     key: &ObjectKey,
     recorded: &SnapshotStatus,
@@ -334,7 +397,7 @@ async fn emit_untrusted(
     .await;
 }
 
-async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
+async fn publish(ctx: &Writer, obj: &RoutingConfig, decision: Decision) {
     let (type_, reason, note) = match decision {
         Decision::Accepted { message } => (EventType::Normal, "Accepted", message),
         Decision::Rejected { message } => (EventType::Warning, "Rejected", message),
@@ -345,7 +408,7 @@ async fn publish(ctx: &Ctx, obj: &RoutingConfig, decision: Decision) {
 }
 
 async fn publish_event(
-    ctx: &Ctx,
+    ctx: &Writer,
     regarding: &k8s_openapi::api::core::v1::ObjectReference,
     type_: EventType,
     reason: &str,
