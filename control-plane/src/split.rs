@@ -367,6 +367,11 @@ fn config_yaml(source: &Source<'_>, shards: usize) -> String {
     for (p, e) in &spec.placement_to_endpoint {
         let _ = writeln!(out, "    {}: {}", json_string(p), json_string(e));
     }
+    if let Some(rollout) = &spec.rollout {
+        // JSON is YAML: the rollout as one flow mapping, exactly as parsed.
+        let json = serde_json::to_string(rollout).expect("a rollout serializes");
+        let _ = writeln!(out, "  rollout: {json}");
+    }
     out
 }
 
@@ -390,6 +395,7 @@ mod tests {
                 .iter()
                 .map(|(p, e)| ((*p).to_owned(), (*e).to_owned()))
                 .collect(),
+            rollout: None,
         }
     }
 
@@ -603,5 +609,19 @@ mod tests {
         unnamed.namespace = None;
         let p = super::plan(&unnamed, LIMITS).unwrap();
         assert!(!p.shards[0].content.contains("namespace"));
+    }
+
+    #[test]
+    fn the_rollout_stays_with_the_routing_config() {
+        let mut table = many(100);
+        table.rollout = Some(
+            serde_json::from_str(r#"{"steps": [{"percent": 10, "pause": "30s"}], "analysis": {"minRequests": 5}}"#)
+                .unwrap(),
+        );
+        let plan = plan(&source(&table), LIMITS).unwrap();
+        let config = parse_manifest(plan.config.content.as_bytes(), ParseLimits::default())
+            .expect("the RoutingConfig parses");
+        assert_eq!(config.spec.rollout, table.rollout);
+        assert!(plan.shards.iter().all(|f| !f.content.contains("rollout")));
     }
 }

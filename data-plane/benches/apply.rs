@@ -73,6 +73,7 @@ fn spec(customers: usize, shift: usize) -> RoutingConfigSpec {
         placement_to_endpoint: (0..16)
             .map(|p| (format!("cell-{p}"), format!("http://10.0.{p}.1:8080")))
             .collect(),
+        rollout: None,
     }
 }
 

@@ -139,6 +139,7 @@ fn spec() -> impl Strategy<Value = RoutingConfigSpec> {
                     },
                     customer_to_placement: customers.into_iter().zip(targets).collect(),
                     placement_to_endpoint: endpoints,
+                    rollout: None,
                 }
             },
         )

@@ -22,6 +22,7 @@ fn message(customers: usize) -> ServerMessage {
         placement_to_endpoint: (0..16)
             .map(|p| (format!("cell-{p}"), format!("http://10.0.{p}.1:8080")))
             .collect::<BTreeMap<_, _>>(),
+        rollout: None,
     };
     ServerMessage::Snapshot(SnapshotMessage {
         routing_config: "default/routes".to_owned(),

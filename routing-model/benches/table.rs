@@ -23,6 +23,7 @@ fn config(customers: usize) -> ValidatedConfig {
         placement_to_endpoint: (0..placements)
             .map(|p| (format!("cell-{p}"), format!("http://10.0.{p}.1:8080")))
             .collect::<BTreeMap<_, _>>(),
+        rollout: None,
     };
     validate(RoutingConfigManifest {
         api_version: API_VERSION.to_owned(),

@@ -139,9 +139,14 @@ pub fn compose(members: &Members<'_>) -> Result<ValidatedConfig, CompositionErro
         default_placement: members.config.default_placement.clone(),
         customer_to_placement: CustomerMap::new(),
         placement_to_endpoint: members.config.placement_to_endpoint.clone(),
+        // Delivery, not routing: checked here, never part of the table.
+        rollout: None,
     };
     let mut own = Vec::new();
     check_routing(&spec, &mut own);
+    if let Some(rollout) = &members.config.rollout {
+        crate::rollout::check(rollout, &mut own);
+    }
     for e in own {
         at(&Member::Config, &mut errors, e);
     }
@@ -238,6 +243,7 @@ mod tests {
             default_placement: "tier3".to_owned(),
             customer_to_placement: map(customers),
             placement_to_endpoint: map(&[("tier1", "http://a:1"), ("tier3", "http://c:3")]),
+            rollout: None,
         }
     }
 

@@ -308,6 +308,7 @@ mod tests {
             default_placement: default.to_owned(),
             customer_to_placement: map(customers).into_iter().collect(),
             placement_to_endpoint: map(endpoints),
+            rollout: None,
         }
     }
 

@@ -179,6 +179,7 @@ mod tests {
                 .iter()
                 .map(|(p, e)| (p.to_string(), e.to_string()))
                 .collect(),
+            rollout: None,
         }
     }
 

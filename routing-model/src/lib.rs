@@ -19,7 +19,8 @@
 //! - [`digest`]: the content hash as a hash tree, updated in the time of a change;
 //! - [`endpoint`]: endpoint URLs, parsed the one way validation and the proxy both use;
 //! - [`protocol`]: the WebSocket messages between control plane and data planes;
-//! - [`ledger`]: which ACKs and NACKs a session may receive, given what it was sent.
+//! - [`ledger`]: which ACKs and NACKs a session may receive, given what it was sent;
+//! - [`rollout`]: `spec.rollout` (staged delivery of a new table), its rules, and cohorts.
 //!
 //! - [`crd`] (feature `kube`): the `RoutingConfig` custom resource and its status, derived from
 //!   the same spec type, for the control plane and `crdgen`.
@@ -42,6 +43,7 @@ pub mod ledger;
 pub mod manifest;
 pub mod parse;
 pub mod protocol;
+pub mod rollout;
 pub mod schema;
 pub mod table;
 pub mod validate;

@@ -142,6 +142,11 @@ pub struct RoutingConfigSpec {
     /// forwarded request path.
     #[schemars(schema_with = "crate::schema::endpoint_map")]
     pub placement_to_endpoint: BTreeMap<String, String>,
+    /// How a new version of this table reaches the data planes: in steps that halt and revert
+    /// by themselves when the new table draws NACKs or errors, or all at once. Absent: all at
+    /// once. Changing only this field changes no routing and makes no new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutSpec>,
 }
 
 fn default_customer_header() -> String {

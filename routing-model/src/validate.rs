@@ -225,6 +225,11 @@ pub fn validate(manifest: RoutingConfigManifest) -> Result<ValidatedConfig, Vali
     let mut spec = manifest.spec;
     spec.customer_header = spec.customer_header.to_ascii_lowercase();
     check_spec(&spec, &mut errors);
+    // Delivery, not routing: checked with the rest, then left out of the table (its hash and
+    // the snapshot data planes get).
+    if let Some(rollout) = spec.rollout.take() {
+        crate::rollout::check(&rollout, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(ValidationErrors(errors));
     }
@@ -473,6 +478,7 @@ mod tests {
             default_placement: default.to_owned(),
             customer_to_placement: map(customers).into_iter().collect(),
             placement_to_endpoint: map(endpoints),
+            rollout: None,
         }
     }
 
@@ -560,5 +566,24 @@ mod tests {
         let mut m = manifest(spec(&[("y", "t1"), ("x", "t1")], &[("t1", "http://a")], "t1"));
         m.metadata.name = Some("other".to_owned());
         assert_eq!(a.hash(), validate(m).unwrap().hash());
+    }
+
+    /// A rollout is checked with the spec, but it is delivery, not routing: the validated table
+    /// (its hash, and the snapshot built from it) is the same with or without one.
+    #[test]
+    fn a_rollout_is_checked_but_is_no_part_of_the_table() {
+        let plain = validate(manifest(spec(&[("x", "t1")], &[("t1", "http://a")], "t1"))).unwrap();
+        let mut m = manifest(spec(&[("x", "t1")], &[("t1", "http://a")], "t1"));
+        m.spec.rollout = Some(
+            serde_json::from_str(r#"{"steps": [{"percent": 10, "pause": "30s"}, {"percent": 50}]}"#).unwrap(),
+        );
+        let staged = validate(m.clone()).unwrap();
+        assert_eq!(staged.hash(), plain.hash());
+        assert_eq!(staged.spec(), plain.spec());
+        m.spec.rollout.as_mut().unwrap().steps[1].percent = 5;
+        m.spec.default_placement = "missing".to_owned();
+        let errors = validate(m).unwrap_err().to_string();
+        assert!(errors.starts_with("2 validation errors"), "{errors}");
+        assert!(errors.contains("spec.rollout.steps[1].percent: must be above the step before it (10 %)"), "{errors}");
     }
 }

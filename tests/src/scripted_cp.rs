@@ -185,5 +185,6 @@ pub fn spec<'a>(
         default_placement: default.to_owned(),
         customer_to_placement: customers.into_iter().collect(),
         placement_to_endpoint: endpoints.into_iter().map(|(p, e)| (p.to_owned(), e)).collect(),
+        rollout: None,
     }
 }
