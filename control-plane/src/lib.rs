@@ -4,6 +4,8 @@
 //! shared `routing-model` rules and keeps, per table, the last valid snapshot to serve. One module per concern:
 //! - [`source`]: where RoutingConfigs come from (Kubernetes, or a file) behind one trait;
 //! - [`snapshot`]: the served snapshots, one per object, versions that never go backwards;
+//! - [`rollout`]: staged rollout of a new table, a share of the data planes at a time, halted
+//!   and reverted by its analysis;
 //! - [`report`]: what the control plane decided, as it reports it: statuses, Events, and each
 //!   replica's data-plane counts;
 //! - [`leader`]: the lease that picks the one replica writing status and Events;
@@ -29,6 +31,7 @@ pub mod merge_patch;
 pub mod metrics;
 pub mod push;
 pub mod report;
+pub mod rollout;
 pub mod run;
 pub mod served_spec;
 pub mod snapshot;

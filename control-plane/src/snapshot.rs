@@ -155,10 +155,43 @@ pub struct Rejection {
 /// Everything the control plane knows about one object.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ObjectState {
-    /// The snapshot being served, if any version was ever valid.
+    /// The snapshot being served, if any version was ever valid. While a staged rollout judges
+    /// a newer one, this is what the data planes outside its share keep.
     pub served: Option<Arc<Snapshot>>,
     /// The newest version, when it was rejected (cleared when a newer version is accepted).
     pub rejection: Option<Rejection>,
+    /// A newer version on a share of the data planes, while a staged rollout judges it.
+    pub canary: Option<Canary>,
+}
+
+impl ObjectState {
+    /// The newest accepted version: the canary's while there is one, else the served one.
+    pub fn newest(&self) -> Option<&Arc<Snapshot>> {
+        self.canary.as_ref().map(|c| &c.target).or(self.served.as_ref())
+    }
+}
+
+/// A version on a share of the data planes (those whose cohort is within `percent`, see
+/// `routing_model::rollout`), the others keeping the served one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Canary {
+    /// The version being rolled out.
+    pub target: Arc<Snapshot>,
+    /// The share of data planes that get it, 0 to 100.
+    pub percent: i32,
+}
+
+/// How an offered version reaches the data planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// To every data plane at once (ending any rollout in progress).
+    Immediate,
+    /// To this share of them first, as a [`Canary`], when a version of the same lineage is
+    /// served (the first version of a lineage has nothing to stage against and is served).
+    Staged {
+        /// The first step's share.
+        percent: i32,
+    },
 }
 
 /// What [`SnapshotStore::offer`] did with a version.
@@ -238,8 +271,7 @@ impl SnapshotStore {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(key)
-            .and_then(|s| s.served.as_ref())
-            .is_some_and(|s| s.lineage == lineage && s.version >= version)
+            .is_some_and(|s| is_stale(s, lineage, version))
     }
 
     /// `config` made from the snapshot served for `key` in `lineage`, if there is one, by the
@@ -300,6 +332,19 @@ impl SnapshotStore {
         candidate: Result<ValidatedConfig, String>,
         members: Option<Arc<ServedMembers>>,
     ) -> Offered {
+        self.offer_delivered(key, lineage, version, candidate, members, Delivery::Immediate)
+    }
+
+    /// [`SnapshotStore::offer_table`], delivered as `delivery` says.
+    pub fn offer_delivered(
+        &self,
+        key: &ObjectKey,
+        lineage: &str,
+        version: i64,
+        candidate: Result<ValidatedConfig, String>,
+        members: Option<Arc<ServedMembers>>,
+        delivery: Delivery,
+    ) -> Offered {
         // Sizing a large table costs a serialization pass: skip it for what is already served
         // (resyncs re-offer every object), and do it outside the lock.
         if candidate.is_ok() && self.is_stale(key, lineage, version) {
@@ -322,14 +367,10 @@ impl SnapshotStore {
         let state = objects.entry(key.clone()).or_default();
         let outcome = match candidate {
             Ok((config, message_bytes, changes)) => {
-                let stale = state
-                    .served
-                    .as_ref()
-                    .is_some_and(|s| s.lineage == lineage && s.version >= version);
-                if stale {
+                if is_stale(state, lineage, version) {
                     Offered::Unchanged
                 } else {
-                    state.served = Some(Arc::new(Snapshot {
+                    let snapshot = Arc::new(Snapshot {
                         key: key.clone(),
                         lineage: lineage.to_owned(),
                         version,
@@ -339,7 +380,20 @@ impl SnapshotStore {
                         config: Arc::new(config),
                         members,
                         changes,
-                    }));
+                    });
+                    let stageable = state.served.as_ref().is_some_and(|s| s.lineage == lineage);
+                    match delivery {
+                        Delivery::Staged { percent } if stageable => {
+                            state.canary = Some(Canary {
+                                target: snapshot,
+                                percent: percent.clamp(0, 100),
+                            });
+                        }
+                        _ => {
+                            state.served = Some(snapshot);
+                            state.canary = None;
+                        }
+                    }
                     state.rejection = None;
                     Offered::Accepted
                 }
@@ -366,6 +420,52 @@ impl SnapshotStore {
             self.changed.send_modify(|n| *n += 1);
         }
         outcome
+    }
+
+    /// Moves the canary of `key`, when it is `target`, to `percent` of the data planes; false
+    /// when there is no such canary (it was promoted, replaced or the object is gone).
+    pub fn set_share(&self, key: &ObjectKey, target: &SnapshotRef, percent: i32) -> bool {
+        self.with_canary(key, target, |state| {
+            let canary = state.canary.as_mut().expect("checked");
+            let percent = percent.clamp(0, 100);
+            let moved = canary.percent != percent;
+            canary.percent = percent;
+            moved
+        })
+    }
+
+    /// Serves the canary of `key`, when it is `target`, to every data plane.
+    pub fn promote(&self, key: &ObjectKey, target: &SnapshotRef) -> bool {
+        self.with_canary(key, target, |state| {
+            state.served = state.canary.take().map(|c| c.target);
+            true
+        })
+    }
+
+    /// Runs `change` on the state of `key` if its canary is `target`; notifies when it says it
+    /// changed something.
+    fn with_canary(
+        &self,
+        key: &ObjectKey,
+        target: &SnapshotRef,
+        change: impl FnOnce(&mut ObjectState) -> bool,
+    ) -> bool {
+        let mut objects = self
+            .objects
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(state) = objects
+            .get_mut(key)
+            .filter(|s| s.canary.as_ref().is_some_and(|c| c.target.reference() == *target))
+        else {
+            return false;
+        };
+        let changed = change(state);
+        drop(objects);
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        changed
     }
 
     /// Forgets the rejection of `key`: its current version is the served one again (a refused
@@ -411,6 +511,11 @@ impl SnapshotStore {
         self.get(key).and_then(|s| s.served).map(|s| s.reference())
     }
 
+    /// The identity of the newest version accepted for `key` (the canary's during a rollout).
+    pub fn newest_ref(&self, key: &ObjectKey) -> Option<SnapshotRef> {
+        self.get(key).and_then(|s| s.newest().map(|s| s.reference()))
+    }
+
     /// Every object, in key order.
     pub fn list(&self) -> Vec<(ObjectKey, ObjectState)> {
         self.objects
@@ -425,6 +530,13 @@ impl SnapshotStore {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+}
+
+/// Whether `version` of `lineage` is not above what `state` already has (served or staged).
+fn is_stale(state: &ObjectState, lineage: &str, version: i64) -> bool {
+    state
+        .newest()
+        .is_some_and(|s| s.lineage == lineage && s.version >= version)
 }
 
 fn unix_seconds<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -543,5 +655,48 @@ mod tests {
         assert!(rx.has_changed().unwrap());
         assert!(store.remove(&key()));
         assert!(store.get(&key()).is_none());
+    }
+
+    #[test]
+    fn a_staged_version_is_the_canary_until_promoted_and_an_immediate_one_ends_it() {
+        let store = SnapshotStore::default();
+        let staged = Delivery::Staged { percent: 10 };
+        // The first version of a lineage has nothing to stage against: served.
+        store.offer_delivered(&key(), "u1", 1, Ok(config("a")), None, staged);
+        let state = store.get(&key()).unwrap();
+        assert!(state.canary.is_none());
+        assert_eq!(state.served.unwrap().version, 1);
+
+        store.offer_delivered(&key(), "u1", 2, Ok(config("b")), None, staged);
+        let state = store.get(&key()).unwrap();
+        assert_eq!(state.served.as_ref().unwrap().version, 1);
+        let canary = state.canary.clone().unwrap();
+        assert_eq!((canary.target.version, canary.percent), (2, 10));
+        assert_eq!(state.newest().unwrap().version, 2);
+        // Its changes are from the served version, which its canaries have.
+        assert_eq!(canary.target.changes.as_ref().unwrap().base.version, 1);
+        // Versions never go backwards, counting the canary.
+        assert_eq!(store.offer(&key(), "u1", 2, Ok(config("a"))), Offered::Unchanged);
+
+        let target = canary.target.reference();
+        assert!(store.set_share(&key(), &target, 50));
+        assert_eq!(store.get(&key()).unwrap().canary.unwrap().percent, 50);
+        let other = SnapshotRef {
+            version: 9,
+            ..target.clone()
+        };
+        assert!(!store.set_share(&key(), &other, 60), "only the canary it names");
+        assert!(store.promote(&key(), &target));
+        let state = store.get(&key()).unwrap();
+        assert!(state.canary.is_none());
+        assert_eq!(state.served.unwrap().version, 2);
+
+        // A revert (or any immediate version) ends a rollout in progress.
+        store.offer_delivered(&key(), "u1", 3, Ok(config("a")), None, staged);
+        assert!(store.get(&key()).unwrap().canary.is_some());
+        assert_eq!(store.offer(&key(), "u1", 4, Ok(config("b"))), Offered::Accepted);
+        let state = store.get(&key()).unwrap();
+        assert!(state.canary.is_none());
+        assert_eq!(state.served.unwrap().version, 4);
     }
 }

@@ -615,8 +615,10 @@ mod tests {
     fn the_rollout_stays_with_the_routing_config() {
         let mut table = many(100);
         table.rollout = Some(
-            serde_json::from_str(r#"{"steps": [{"percent": 10, "pause": "30s"}], "analysis": {"minRequests": 5}}"#)
-                .unwrap(),
+            serde_json::from_str(
+                r#"{"steps": [{"percent": 10, "pause": "30s"}], "analysis": {"minRequests": 5}}"#,
+            )
+            .unwrap(),
         );
         let plan = plan(&source(&table), LIMITS).unwrap();
         let config = parse_manifest(plan.config.content.as_bytes(), ParseLimits::default())

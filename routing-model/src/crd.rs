@@ -47,6 +47,96 @@ pub struct RoutingConfigStatus {
     /// them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<i64>,
+    /// The staged rollout of the newest table (`spec.rollout`), while it runs and after it
+    /// ended: `snapshot` keeps naming the table the other data planes are served until it
+    /// completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhase {
+    /// Running its steps.
+    Progressing,
+    /// Held at its step by the user (annotation `cellroute.dev/rollout: paused`).
+    Paused,
+    /// Stopped by its analysis; the data planes that had the new table got the previous one
+    /// back, as a new version.
+    Halted,
+    /// Stopped by the user (annotation `cellroute.dev/rollout-abort`), reverted like a halt.
+    Aborted,
+    /// Every data plane has the new table.
+    Complete,
+}
+
+/// A staged rollout of one table version.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// `Progressing`, `Paused`, `Halted`, `Aborted` or `Complete`.
+    pub phase: RolloutPhase,
+    /// The step running (1 for the first; steps + 1 once the new table went to every data
+    /// plane).
+    pub step: i64,
+    /// Steps of `spec.rollout` when the rollout began.
+    pub steps: i64,
+    /// Share of data planes on the new table now, 0 to 100.
+    pub percent: i64,
+    /// The version being rolled out.
+    pub target_version: i64,
+    /// Its content hash.
+    pub target_hash: String,
+    /// The generation of this RoutingConfig it holds.
+    pub generation: i64,
+    /// The version the other data planes keep (the one served before the rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<i64>,
+    /// After a halt or an abort: the version that returned the previous table to the data
+    /// planes that had the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_version: Option<i64>,
+    /// When the current step began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// For `kubectl get`: `10% 1/2`, `Paused 10% 1/2`, `Halted`, `Aborted` or `Complete`.
+    pub summary: String,
+    /// What the step waits for, or why the rollout halted, naming the data plane or placement
+    /// and the figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Data planes on each version, counted by this control plane's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_planes: Option<RolloutDataPlanes>,
+    /// `hmac-sha256:<key id>:<mac>`: the control plane's signature over this object's namespace,
+    /// name and uid with `phase`, `step`, `percent`, `targetVersion`, `targetHash`, `generation`
+    /// and `revertVersion`, as for `status.snapshot`: a replica follows only a rollout the
+    /// leader recorded, so whoever can patch the status can neither choose the share nor the
+    /// version it gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// Data planes of a rollout, by the version they should have.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutDataPlanes {
+    /// Those whose cohort is within the step's share: connected, applied, rejected.
+    pub target: VersionCounts,
+    /// The others.
+    pub previous: VersionCounts,
+}
+
+/// Data planes that should have one version.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionCounts {
+    /// Connected.
+    pub connected: i64,
+    /// Of those, how many applied it.
+    pub applied: i64,
+    /// Of those, how many rejected it.
+    pub rejected: i64,
 }
 
 /// Identity of the routing table being served: this RoutingConfig with its RoutingShards.
@@ -260,7 +350,10 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Accepted", "Version", "Synced", "Shards", "Age"]);
+        assert_eq!(
+            columns,
+            ["Accepted", "Version", "Synced", "Rollout", "Shards", "Age"]
+        );
         assert!(
             version
                 .subresources

@@ -97,6 +97,12 @@ pub struct ObjectMeta {
             json_path = ".status.dataPlanes.summary"
         ),
         printcolumn(
+            name = "Rollout",
+            type_ = "string",
+            description = "The staged rollout of the newest table: share and step (10% 1/2), Paused, Halted, Aborted or Complete",
+            json_path = ".status.rollout.summary"
+        ),
+        printcolumn(
             name = "Shards",
             type_ = "integer",
             description = "RoutingShards labelled for this RoutingConfig",

@@ -269,7 +269,16 @@ mod tests {
         assert_eq!(parse_pause("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_pause("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_pause("0s"), Ok(Duration::ZERO));
-        for bad in ["", "30", "s", "1d", "1.5s", "-1s", "30 s", "99999999999999999999h"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "1d",
+            "1.5s",
+            "-1s",
+            "30 s",
+            "99999999999999999999h",
+        ] {
             assert!(parse_pause(bad).is_err(), "{bad}");
         }
         assert!(parse_pause("25h").unwrap_err().contains("24h"));
@@ -279,7 +288,9 @@ mod tests {
     #[test]
     fn pause_pattern_agrees_with_the_parser() {
         let pattern = regex::Regex::new(PAUSE_PATTERN).unwrap();
-        for text in ["30s", "1h30m", "500ms", "0s", "", "30", "1d", "1.5s", "30 s", "5M"] {
+        for text in [
+            "30s", "1h30m", "500ms", "0s", "", "30", "1d", "1.5s", "30 s", "5M",
+        ] {
             assert_eq!(pattern.is_match(text), parse_pause(text).is_ok(), "{text}");
         }
     }
@@ -290,9 +301,18 @@ mod tests {
         assert!(errors(&staged(&[(100, None)])).is_empty());
         let found = errors(&staged(&[(10, Some("30s")), (10, Some("soon")), (0, None)]));
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[0].starts_with("spec.rollout.steps[1].percent: must be above"), "{found:?}");
-        assert!(found[1].starts_with("spec.rollout.steps[1].pause: `soon`"), "{found:?}");
-        assert!(found[2].starts_with("spec.rollout.steps[2].percent: must be 1 to 100"), "{found:?}");
+        assert!(
+            found[0].starts_with("spec.rollout.steps[1].percent: must be above"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("spec.rollout.steps[1].pause: `soon`"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].starts_with("spec.rollout.steps[2].percent: must be 1 to 100"),
+            "{found:?}"
+        );
         let empty = errors(&RolloutSpec::default());
         assert!(empty[0].contains("at least one step"), "{empty:?}");
         let immediate = RolloutSpec {
@@ -309,7 +329,10 @@ mod tests {
         };
         let found = errors(&bad);
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[1].starts_with("spec.rollout.analysis.maxErrorRatio"), "{found:?}");
+        assert!(
+            found[1].starts_with("spec.rollout.analysis.maxErrorRatio"),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -584,6 +584,9 @@ mod tests {
         m.spec.default_placement = "missing".to_owned();
         let errors = validate(m).unwrap_err().to_string();
         assert!(errors.starts_with("2 validation errors"), "{errors}");
-        assert!(errors.contains("spec.rollout.steps[1].percent: must be above the step before it (10 %)"), "{errors}");
+        assert!(
+            errors.contains("spec.rollout.steps[1].percent: must be above the step before it (10 %)"),
+            "{errors}"
+        );
     }
 }

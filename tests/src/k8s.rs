@@ -803,24 +803,43 @@ pub fn edit(text: &str, edits: &[(&str, &str)]) -> String {
 }
 
 /// The row of `kubectl get rtc NAME -n NAMESPACE`, as columns: NAME, ACCEPTED, VERSION, SYNCED
-/// (SHARDS and AGE left out).
+/// (ROLLOUT, SHARDS and AGE left out; see [`get_rtc_columns`]).
 pub async fn get_rtc(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
+    get_rtc_columns(cluster, namespace, name).await[..4].to_vec()
+}
+
+/// Every column of the row of `kubectl get rtc NAME -n NAMESPACE`: NAME, ACCEPTED, VERSION,
+/// SYNCED, ROLLOUT, SHARDS, AGE, cut where the header's columns begin (an empty cell, such as
+/// ROLLOUT without a rollout, is an empty string).
+pub async fn get_rtc_columns(cluster: &Cluster, namespace: &str, name: &str) -> Vec<String> {
     let table = cluster
         .kubectl_ok(&["get", "rtc", name, "-n", namespace], None)
         .await;
     let mut lines = table.lines();
-    let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    let header_line = lines.next().unwrap_or_default();
+    let header: Vec<&str> = header_line.split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"],
+        [
+            "NAME", "ACCEPTED", "VERSION", "SYNCED", "ROLLOUT", "SHARDS", "AGE"
+        ],
         "{table}"
     );
-    let row: Vec<String> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
+    let starts: Vec<usize> = header
+        .iter()
+        .scan(0, |from, column| {
+            let at = *from + header_line[*from..].find(column).expect("a header column");
+            *from = at + column.len();
+            Some(at)
+        })
         .collect();
-    assert_eq!(row.len(), 6, "{table}");
-    row[..4].to_vec()
+    let row = lines.next().unwrap_or_default();
+    let cell = |i: usize| {
+        let end = starts.get(i + 1).copied().unwrap_or(row.len()).min(row.len());
+        row.get(starts[i].min(row.len())..end)
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    (0..starts.len()).map(cell).collect()
 }

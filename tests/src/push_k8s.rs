@@ -166,6 +166,22 @@ pub async fn pod_token(
 ///
 /// When the files cannot be written or the data plane does not start.
 pub async fn follow(url: &str, routing_config: &str, id: &str, token: &str, dir: &Path) -> Follower {
+    follow_with(url, routing_config, id, token, dir, &[]).await
+}
+
+/// [`follow`] with `extra` arguments for the data plane.
+///
+/// # Panics
+///
+/// When the files cannot be written or the data plane does not start.
+pub async fn follow_with(
+    url: &str,
+    routing_config: &str,
+    id: &str,
+    token: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Follower {
     let home = dir.join(id);
     std::fs::create_dir_all(&home).expect("create the data plane's directory");
     let token_file = home.join("token");
@@ -189,6 +205,7 @@ pub async fn follow(url: &str, routing_config: &str, id: &str, token: &str, dir:
         "--reconnect-max",
         "1s",
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     let dp = DataPlane::start(&config_path, Some(&admin_token), &args).await;
     Follower {
         id: id.to_owned(),

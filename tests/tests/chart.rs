@@ -744,7 +744,7 @@ async fn helm_installs_upgrades_and_keeps_the_crd() {
     let stored = get_crd().await;
     assert_eq!(
         columns(&stored),
-        ["Accepted", "Version", "Synced", "Shards", "Age"]
+        ["Accepted", "Version", "Synced", "Rollout", "Shards", "Age"]
     );
     assert_eq!(
         stored["metadata"]["annotations"]["helm.sh/resource-policy"],

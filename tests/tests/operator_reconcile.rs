@@ -72,7 +72,10 @@ async fn crd_installs_with_short_name_printer_columns_and_field_docs() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Accepted", "Version", "Synced", "Shards", "Age"]);
+    assert_eq!(
+        columns,
+        ["Accepted", "Version", "Synced", "Rollout", "Shards", "Age"]
+    );
 
     // The printer columns as a user sees them, through the short name.
     let created = s.rtc.apply("routes", &valid_spec()).await;
@@ -85,7 +88,9 @@ async fn crd_installs_with_short_name_printer_columns_and_field_docs() {
     let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"],
+        [
+            "NAME", "ACCEPTED", "VERSION", "SYNCED", "ROLLOUT", "SHARDS", "AGE"
+        ],
         "{table}"
     );
     let row: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();

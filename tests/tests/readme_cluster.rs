@@ -202,7 +202,9 @@ async fn the_readme_cluster_section_works_verbatim() {
         .iter()
         .position(|l| {
             l.split_whitespace().collect::<Vec<_>>()
-                == ["NAME", "ACCEPTED", "VERSION", "SYNCED", "SHARDS", "AGE"]
+                == [
+                    "NAME", "ACCEPTED", "VERSION", "SYNCED", "ROLLOUT", "SHARDS", "AGE",
+                ]
         })
         .unwrap_or_else(|| panic!("no `kubectl get rtc` table in:\n{stdout}"));
     let row: Vec<&str> = lines

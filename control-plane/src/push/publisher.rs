@@ -2,10 +2,12 @@
 //!
 //! Every object with subscribers has a `watch` channel holding what they should have now. A
 //! watch channel keeps only the newest value, which is exactly latest-wins: a data plane that
-//! falls behind skips intermediate versions instead of queueing them.
+//! falls behind skips intermediate versions instead of queueing them. While a staged rollout
+//! judges a new version, the channel holds both versions and the share of data planes on the
+//! new one ([`Publication::Staged`]); each session picks its own by its cohort.
 //!
-//! Each version is encoded in the forms a session may send, each once per version: the delta
-//! from the version published before it (for data planes with `delta` that have that one), and,
+//! Each version is encoded in the forms a session may send, each once per version: the deltas
+//! from the versions published before it (for data planes with `delta` that have one), and,
 //! only once a session needs them, the full snapshot (a data plane that connects, or has another
 //! base) and the full snapshot with its hash in the JSON scheme data planes without `delta`
 //! check. A one-customer change of a large table that every data plane follows is therefore
@@ -70,9 +72,9 @@ pub struct Encoded {
     pub reference: SnapshotRef,
     /// When the control plane accepted it (for the convergence histogram).
     pub accepted_at: SystemTime,
-    /// The changes from the version published before, when they are smaller than the full
-    /// snapshot.
-    pub delta: Option<Delta>,
+    /// The changes from each version published before it (the served one and, during a
+    /// rollout, the one being rolled out), where they are smaller than the full snapshot.
+    pub deltas: Vec<Delta>,
     /// The table, for the full forms and the delta of the next version.
     config: Arc<ValidatedConfig>,
     key: String,
@@ -85,13 +87,21 @@ impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Encoded")
             .field("reference", &self.reference)
-            .field("delta", &self.delta.as_ref().map(|d| d.text.len()))
+            .field(
+                "deltas",
+                &self.deltas.iter().map(|d| d.text.len()).collect::<Vec<_>>(),
+            )
             .field("full", &self.full.get().map(|f| f.text.len()))
             .finish_non_exhaustive()
     }
 }
 
 impl Encoded {
+    /// The delta from `base`, if one was encoded.
+    pub fn delta_from(&self, base: &SnapshotRef) -> Option<&Delta> {
+        self.deltas.iter().find(|d| d.base == *base)
+    }
+
     /// Whether [`Self::full`] is encoded already.
     pub fn has_full(&self) -> bool {
         self.full.get().is_some()
@@ -135,17 +145,18 @@ impl Encoded {
     }
 }
 
-/// What subscribers of one object should have.
+/// What one data plane should have.
 #[derive(Debug, Clone)]
 pub enum Published {
-    /// The served snapshot.
+    /// A snapshot.
     Snapshot(Arc<Encoded>),
     /// No snapshot: the object is gone or has no valid version.
     Missing(MissingReason),
 }
 
 impl Published {
-    fn same_as(&self, other: &Published) -> bool {
+    /// Whether both name the same snapshot (or the same absence).
+    pub fn same_as(&self, other: &Published) -> bool {
         match (self, other) {
             (Published::Snapshot(a), Published::Snapshot(b)) => a.reference == b.reference,
             (Published::Missing(a), Published::Missing(b)) => a == b,
@@ -154,10 +165,73 @@ impl Published {
     }
 }
 
+/// What the subscribers of one object should have.
+#[derive(Debug, Clone)]
+pub enum Publication {
+    /// The same for every data plane.
+    Uniform(Published),
+    /// A staged rollout: `target` for the data planes whose cohort is within `percent`,
+    /// `stable` for the others.
+    Staged {
+        /// The served version.
+        stable: Arc<Encoded>,
+        /// The version being rolled out.
+        target: Arc<Encoded>,
+        /// The share of data planes on `target`.
+        percent: i32,
+    },
+}
+
+impl Publication {
+    /// What the data plane in cohort `bucket` should have.
+    pub fn for_cohort(&self, bucket: u32) -> Published {
+        match self {
+            Publication::Uniform(published) => published.clone(),
+            Publication::Staged {
+                stable,
+                target,
+                percent,
+            } => Published::Snapshot(if routing_model::rollout::in_share(bucket, *percent) {
+                target.clone()
+            } else {
+                stable.clone()
+            }),
+        }
+    }
+
+    /// Every version it holds, to reuse and to encode deltas from.
+    fn encoded(&self) -> Vec<&Arc<Encoded>> {
+        match self {
+            Publication::Uniform(Published::Snapshot(e)) => vec![e],
+            Publication::Uniform(Published::Missing(_)) => Vec::new(),
+            Publication::Staged { stable, target, .. } => vec![stable, target],
+        }
+    }
+
+    fn same_as(&self, other: &Publication) -> bool {
+        match (self, other) {
+            (Publication::Uniform(a), Publication::Uniform(b)) => a.same_as(b),
+            (
+                Publication::Staged {
+                    stable: a,
+                    target: b,
+                    percent: p,
+                },
+                Publication::Staged {
+                    stable: c,
+                    target: d,
+                    percent: q,
+                },
+            ) => a.reference == c.reference && b.reference == d.reference && p == q,
+            _ => false,
+        }
+    }
+}
+
 /// The per-object channels.
 pub struct Publisher {
     store: Arc<SnapshotStore>,
-    channels: Mutex<HashMap<ObjectKey, watch::Sender<Published>>>,
+    channels: Mutex<HashMap<ObjectKey, watch::Sender<Publication>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -172,7 +246,7 @@ impl Publisher {
     }
 
     /// Subscribes to one object; the receiver starts with what the object has now.
-    pub fn subscribe(&self, key: &ObjectKey) -> watch::Receiver<Published> {
+    pub fn subscribe(&self, key: &ObjectKey) -> watch::Receiver<Publication> {
         let mut channels = self
             .channels
             .lock()
@@ -212,46 +286,66 @@ impl Publisher {
         }
     }
 
-    /// What `key`'s subscribers should have, reusing `previous` when it is still current.
-    fn current(&self, key: &ObjectKey, previous: Option<&Published>) -> Published {
-        let state = self.store.get(key);
-        let Some(served) = state.and_then(|s| s.served) else {
+    /// What `key`'s subscribers should have, reusing what `previous` encoded when still current.
+    fn current(&self, key: &ObjectKey, previous: Option<&Publication>) -> Publication {
+        let state = self.store.get(key).unwrap_or_default();
+        let Some(served) = state.served else {
             let reason = match previous {
-                Some(Published::Snapshot(_)) => MissingReason::Deleted,
-                Some(Published::Missing(reason)) => *reason,
+                Some(Publication::Uniform(Published::Missing(reason))) => *reason,
+                Some(_) => MissingReason::Deleted,
                 None => MissingReason::NotFound,
             };
-            return Published::Missing(reason);
+            return Publication::Uniform(Published::Missing(reason));
         };
-        let reference = served.reference();
-        if let Some(Published::Snapshot(encoded)) = previous
-            && encoded.reference == reference
-        {
-            return Published::Snapshot(encoded.clone());
+        let mut bases: Vec<Arc<Encoded>> = previous
+            .map(|p| p.encoded().into_iter().cloned().collect())
+            .unwrap_or_default();
+        let stable = self.encoded(key, &served, &bases);
+        match state.canary {
+            Some(canary) if canary.percent > 0 => {
+                bases.push(stable.clone());
+                let target = self.encoded(key, &canary.target, &bases);
+                Publication::Staged {
+                    stable,
+                    target,
+                    percent: canary.percent,
+                }
+            }
+            _ => Publication::Uniform(Published::Snapshot(stable)),
+        }
+    }
+
+    /// `snapshot` encoded: reused from `bases` when one of them is it, else with a delta from
+    /// each of them it follows.
+    fn encoded(&self, key: &ObjectKey, snapshot: &Snapshot, bases: &[Arc<Encoded>]) -> Arc<Encoded> {
+        let reference = snapshot.reference();
+        if let Some(same) = bases.iter().find(|e| e.reference == reference) {
+            return same.clone();
         }
         let name = key.to_string();
-        let delta = match previous {
-            Some(Published::Snapshot(before)) => {
-                let started = std::time::Instant::now();
-                let delta = delta(&name, before, &reference, &served, served.message_bytes);
-                self.metrics.delta_encode.observe(started.elapsed().as_secs_f64());
-                delta
+        let mut deltas: Vec<Delta> = Vec::new();
+        for before in bases {
+            if deltas.iter().any(|d| d.base == before.reference) {
+                continue;
             }
-            _ => None,
-        };
-        if let Some(delta) = &delta {
-            self.metrics.delta_bytes.set(delta.text.len() as i64);
+            let started = std::time::Instant::now();
+            let delta = delta(&name, before, &reference, snapshot, snapshot.message_bytes);
+            self.metrics.delta_encode.observe(started.elapsed().as_secs_f64());
+            if let Some(delta) = delta {
+                self.metrics.delta_bytes.set(delta.text.len() as i64);
+                deltas.push(delta);
+            }
         }
-        Published::Snapshot(Arc::new(Encoded {
+        Arc::new(Encoded {
             reference,
-            accepted_at: served.accepted_at,
-            delta,
-            config: served.config.clone(),
+            accepted_at: snapshot.accepted_at,
+            deltas,
+            config: snapshot.config.clone(),
             key: name,
             full: OnceLock::new(),
             json: OnceLock::new(),
             metrics: self.metrics.clone(),
-        }))
+        })
     }
 }
 
@@ -285,4 +379,103 @@ fn delta(
         base: before.reference.clone(),
         text: Utf8Bytes::from(text),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use routing_model::ParseLimits;
+    use routing_model::rollout::{COHORT_BUCKETS, in_share};
+
+    use super::*;
+    use crate::snapshot::Delivery;
+
+    /// A table whose full snapshot is larger than a one-field delta.
+    fn config(default: &str) -> ValidatedConfig {
+        let customers: Vec<String> = (0..50).map(|i| format!("customer-{i}: a")).collect();
+        let doc = format!(
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec: {{defaultPlacement: {default}, customerToPlacement: {{{}}}, placementToEndpoint: {{a: 'http://a', b: 'http://b'}}}}\n",
+            customers.join(", ")
+        );
+        routing_model::load(doc.as_bytes(), ParseLimits::default()).unwrap()
+    }
+
+    fn version(p: &Published) -> i64 {
+        match p {
+            Published::Snapshot(e) => e.reference.version,
+            Published::Missing(_) => 0,
+        }
+    }
+
+    #[test]
+    fn during_a_rollout_each_cohort_gets_its_version_and_a_revert_has_a_delta_from_both() {
+        let store = Arc::new(SnapshotStore::default());
+        let key = ObjectKey::parse("ns/r");
+        let publisher = Publisher::new(store.clone(), Metrics::new());
+        let rx = publisher.subscribe(&key);
+        store.offer(&key, "u1", 1, Ok(config("a")));
+        publisher.refresh();
+        store.offer_delivered(
+            &key,
+            "u1",
+            2,
+            Ok(config("b")),
+            None,
+            Delivery::Staged { percent: 10 },
+        );
+        publisher.refresh();
+        let staged = rx.borrow().clone();
+        let inside = (0..COHORT_BUCKETS).find(|b| in_share(*b, 10)).unwrap();
+        let outside = (0..COHORT_BUCKETS).find(|b| !in_share(*b, 10)).unwrap();
+        assert_eq!(version(&staged.for_cohort(inside)), 2);
+        assert_eq!(version(&staged.for_cohort(outside)), 1);
+        let Published::Snapshot(target) = staged.for_cohort(inside) else {
+            panic!("a snapshot")
+        };
+        let Published::Snapshot(stable) = staged.for_cohort(outside) else {
+            panic!("a snapshot")
+        };
+        assert!(
+            target.delta_from(&stable.reference).is_some(),
+            "the canaries get a delta"
+        );
+
+        // Halted: the previous table as version 3, a delta for either cohort.
+        store.offer(&key, "u1", 3, Ok(config("a")));
+        publisher.refresh();
+        let reverted = rx.borrow().clone();
+        let Published::Snapshot(revert) = reverted.for_cohort(outside) else {
+            panic!("a snapshot")
+        };
+        assert_eq!(revert.reference.version, 3);
+        assert!(revert.delta_from(&stable.reference).is_some());
+        assert!(revert.delta_from(&target.reference).is_some());
+        assert!(!revert.has_full(), "nobody needed the whole table");
+    }
+
+    #[test]
+    fn a_promoted_version_keeps_its_encoding() {
+        let store = Arc::new(SnapshotStore::default());
+        let key = ObjectKey::parse("ns/r");
+        let publisher = Publisher::new(store.clone(), Metrics::new());
+        let rx = publisher.subscribe(&key);
+        store.offer(&key, "u1", 1, Ok(config("a")));
+        store.offer_delivered(
+            &key,
+            "u1",
+            2,
+            Ok(config("b")),
+            None,
+            Delivery::Staged { percent: 50 },
+        );
+        publisher.refresh();
+        let Publication::Staged { target, .. } = rx.borrow().clone() else {
+            panic!("staged")
+        };
+        store.promote(&key, &target.reference);
+        publisher.refresh();
+        let Publication::Uniform(Published::Snapshot(promoted)) = rx.borrow().clone() else {
+            panic!("uniform")
+        };
+        assert!(Arc::ptr_eq(&promoted, &target), "encoded once");
+    }
 }

@@ -407,7 +407,8 @@ impl Subscribed {
     }
 
     async fn serve(&mut self, sink: &mut Sink, stream: &mut Stream, s: &PushState) -> End {
-        let mut updates = Updates::new(s.publisher.subscribe(&self.greeted.key));
+        let bucket = routing_model::rollout::cohort(self.id());
+        let mut updates = Updates::new(s.publisher.subscribe(&self.greeted.key), bucket);
         let current = updates.current();
         let hello = &self.greeted.hello;
         // A data plane without `delta` knows the served snapshot by its JSON-scheme hash.
@@ -637,8 +638,7 @@ impl Subscribed {
         let hello = &self.greeted.hello;
         let limit = hello.max_message_bytes;
         if self.forms.delta
-            && let Some(delta) = &encoded.delta
-            && self.forms.base.as_ref() == Some(&delta.base)
+            && let Some(delta) = self.forms.base.as_ref().and_then(|base| encoded.delta_from(base))
             && limit.is_none_or(|l| delta.text.len() as u64 <= l)
         {
             s.metrics.pushes.inc();

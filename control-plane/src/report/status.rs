@@ -23,8 +23,8 @@ use std::time::SystemTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use routing_model::crd::{
-    CONDITION_ACCEPTED, CONDITION_SYNCED, DataPlaneRejection, DataPlanesStatus, RoutingConfigStatus,
-    SnapshotStatus,
+    CONDITION_ACCEPTED, CONDITION_SYNCED, DataPlaneRejection, DataPlanesStatus, RolloutPhase, RolloutStatus,
+    RoutingConfigStatus, SnapshotStatus,
 };
 use routing_model::{ContentHash, ValidatedConfig};
 
@@ -115,6 +115,8 @@ pub struct Input<'a> {
     /// Bytes of the object's own spec as JSON (what it stores); only read while its current
     /// generation is not the one served, to decide whether a copy of that one fits beside it.
     pub spec_bytes: usize,
+    /// The staged rollout of the newest table, as decided (signed here).
+    pub rollout: Option<&'a RolloutStatus>,
 }
 
 /// A decision worth an Event: it differs from what the stored status already says.
@@ -139,6 +141,16 @@ pub enum Decision {
     RejectedByDataPlane {
         /// The condition message, with the data plane's error.
         message: String,
+    },
+    /// A rollout began a step, paused, resumed, halted, was aborted or completed.
+    Rollout {
+        /// `RolloutStep`, `RolloutPaused`, `RolloutResumed`, `RolloutHalted`, `RolloutAborted`
+        /// or `RolloutComplete`.
+        reason: &'static str,
+        /// Says which version, step and share, or why it halted.
+        message: String,
+        /// A halt or an abort.
+        warning: bool,
     },
 }
 
@@ -173,7 +185,33 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
         |s: &Served<'_>| matches!(input.current_table, Current::Valid { hash } if *hash == s.hash);
     let current_served = served.filter(is_current);
     let refused = matches!(input.current_table, Current::Refused { .. });
+    // The current table is being rolled out (or its rollout halted): not served to everyone,
+    // but accepted.
+    let rolling = input.rollout.filter(|r| {
+        r.phase != RolloutPhase::Complete
+            && current_served.is_none()
+            && matches!(input.current_table, Current::Valid { hash } if hash.to_string() == r.target_hash)
+    });
     let accepted = match (input.current_table, current_served) {
+        (Current::Valid { .. }, None) if let Some(r) = rolling => condition(
+            CONDITION_ACCEPTED,
+            "True",
+            "Valid",
+            match r.phase {
+                RolloutPhase::Halted | RolloutPhase::Aborted => format!(
+                    "generation {} accepted as version {}, but its rollout stopped ({:?}): {}",
+                    input.generation,
+                    r.target_version,
+                    r.phase,
+                    r.message.as_deref().unwrap_or_default()
+                ),
+                // Without the step: a step is its own Event, not a new verdict.
+                _ => format!(
+                    "generation {} accepted; rolling out as version {}",
+                    input.generation, r.target_version
+                ),
+            },
+        ),
         (Current::Refused { reason, error }, _) => condition(
             CONDITION_ACCEPTED,
             "False",
@@ -224,13 +262,16 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             format!("generation {} has not been validated yet", input.generation),
         ),
     };
-    let synced = synced_condition(
-        input.generation,
-        refused,
-        input.data_planes,
-        current_served.map(|s| s.version),
-        served.map(|s| s.version),
-    );
+    let synced = match rolling {
+        Some(r) => rollout_synced(r, served.map(|s| s.version)),
+        None => synced_condition(
+            input.generation,
+            refused,
+            input.data_planes,
+            current_served.map(|s| s.version),
+            served.map(|s| s.version),
+        ),
+    };
     let current_conditions = input.current.map_or(&[][..], |c| &c.conditions[..]);
     let conditions = [accepted, synced]
         .into_iter()
@@ -270,13 +311,48 @@ pub fn desired(input: &Input<'_>) -> RoutingConfigStatus {
             hash,
         }
     });
+    let owner = crate::rollout::record::Owner {
+        namespace: input.namespace,
+        name: input.name,
+        uid: input.uid,
+    };
     RoutingConfigStatus {
         observed_generation: Some(input.generation),
         conditions,
         snapshot,
         data_planes: Some(data_planes_status(input.data_planes)),
         shards: Some(input.shards as i64),
+        rollout: input
+            .rollout
+            .map(|r| crate::rollout::record::signed(owner, r.clone(), input.key)),
     }
+}
+
+/// `Synced` while the current table is being rolled out, or after its rollout stopped: never
+/// `True`, since not every data plane has it.
+fn rollout_synced(r: &RolloutStatus, served: Option<i64>) -> Condition {
+    let others = served.map_or_else(String::new, |v| {
+        format!("; the other data planes stay on version {v}")
+    });
+    let (reason, message) = match r.phase {
+        RolloutPhase::Halted => ("RolloutHalted", r.message.clone().unwrap_or_default()),
+        RolloutPhase::Aborted => ("RolloutAborted", r.message.clone().unwrap_or_default()),
+        RolloutPhase::Paused => (
+            "RolloutPaused",
+            format!(
+                "version {} is on {} % of data planes (step {}/{}), paused{others}",
+                r.target_version, r.percent, r.step, r.steps
+            ),
+        ),
+        _ => (
+            "RollingOut",
+            format!(
+                "version {} is on {} % of data planes (step {}/{}){others}",
+                r.target_version, r.percent, r.step, r.steps
+            ),
+        ),
+    };
+    condition(CONDITION_SYNCED, "False", reason, truncate(&message, MAX_MESSAGE))
 }
 
 /// `Synced` for `generation`: `True` only when that generation is the served version and every
@@ -376,6 +452,10 @@ fn data_planes_status(counts: &Counts) -> DataPlanesStatus {
 /// The Events to publish: what the desired status says that the stored one did not.
 pub fn decisions(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigStatus) -> Vec<Decision> {
     let mut out: Vec<Decision> = decision(current, desired).into_iter().collect();
+    out.extend(rollout_decision(
+        current.and_then(|c| c.rollout.as_ref()),
+        desired.rollout.as_ref(),
+    ));
     let synced = |s: &RoutingConfigStatus| s.conditions.iter().find(|c| c.type_ == CONDITION_SYNCED).cloned();
     if let Some(new) = synced(desired) {
         let old = current.and_then(synced);
@@ -391,6 +471,80 @@ pub fn decisions(current: Option<&RoutingConfigStatus>, desired: &RoutingConfigS
         }
     }
     out
+}
+
+/// The rollout Event to publish: a rollout that began, moved to another step, paused, resumed or
+/// ended since the stored status.
+fn rollout_decision(old: Option<&RolloutStatus>, new: Option<&RolloutStatus>) -> Option<Decision> {
+    let new = new?;
+    let same_rollout = old.filter(|o| o.target_version == new.target_version);
+    if same_rollout.is_some_and(|o| o.phase == new.phase && o.step == new.step) {
+        return None;
+    }
+    let message = new.message.clone();
+    let (reason, warning, message) = match new.phase {
+        RolloutPhase::Progressing if same_rollout.is_some_and(|o| o.phase == RolloutPhase::Paused) => (
+            "RolloutResumed",
+            false,
+            format!(
+                "rollout of version {} resumed at step {}/{} ({} %)",
+                new.target_version, new.step, new.steps, new.percent
+            ),
+        ),
+        RolloutPhase::Progressing => (
+            "RolloutStep",
+            false,
+            format!(
+                "rollout of version {} at step {}/{}: {} % of data planes{}",
+                new.target_version,
+                new.step,
+                new.steps,
+                new.percent,
+                new.previous_version
+                    .map_or_else(String::new, |v| format!(", the others on version {v}"))
+            ),
+        ),
+        RolloutPhase::Paused => (
+            "RolloutPaused",
+            false,
+            format!(
+                "rollout of version {} paused at step {}/{} ({} %)",
+                new.target_version, new.step, new.steps, new.percent
+            ),
+        ),
+        RolloutPhase::Halted => (
+            "RolloutHalted",
+            true,
+            format!(
+                "rollout of version {} halted: {}",
+                new.target_version,
+                message.unwrap_or_default()
+            ),
+        ),
+        RolloutPhase::Aborted => (
+            "RolloutAborted",
+            true,
+            format!(
+                "rollout of version {} aborted: {}",
+                new.target_version,
+                message.unwrap_or_default()
+            ),
+        ),
+        RolloutPhase::Complete => (
+            "RolloutComplete",
+            false,
+            format!(
+                "rollout of version {} complete: every data plane gets it ({})",
+                new.target_version,
+                message.unwrap_or_default()
+            ),
+        ),
+    };
+    Some(Decision::Rollout {
+        reason,
+        message,
+        warning,
+    })
 }
 
 /// The decision about `Accepted` to announce, if the desired status says something the stored
@@ -520,6 +674,7 @@ mod tests {
             now,
             key,
             spec_bytes: 0,
+            rollout: None,
         }
     }
 
@@ -713,6 +868,87 @@ mod tests {
         assert!(s.snapshot.is_none());
         assert_eq!(s.conditions[0].reason, "InvalidShards");
         assert_eq!(status_of(&s, CONDITION_SYNCED), "False");
+    }
+
+    #[test]
+    fn while_a_table_rolls_out_it_is_accepted_not_synced_and_each_step_is_an_event() {
+        let store = store_serving(1, 1);
+        let snap = store.get(&object()).unwrap().served.unwrap();
+        let new_hash: ContentHash =
+            "table-sha256:0000000000000000000000000000000000000000000000000000000000000002"
+                .parse()
+                .unwrap();
+        let table = Current::Valid { hash: new_hash };
+        let spec: routing_model::rollout::RolloutSpec =
+            serde_json::from_str(r#"{"steps": [{"percent": 10}, {"percent": 50}]}"#).unwrap();
+        let target = routing_model::protocol::SnapshotRef {
+            lineage: "u1".into(),
+            version: 2,
+            hash: new_hash,
+        };
+        let now = SystemTime::now();
+        let begun = crate::rollout::record::begin(&spec, &target, 2, Some(1), now);
+        let k = key();
+        let mut at = input(2, &table, Some(Served::of(&snap)), None, now, &k);
+        at.rollout = Some(&begun);
+        let first = desired(&at);
+        let accepted = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_ACCEPTED)
+            .unwrap();
+        assert_eq!(
+            accepted.message,
+            "generation 2 accepted; rolling out as version 2"
+        );
+        let synced = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_SYNCED)
+            .unwrap();
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "RollingOut")
+        );
+        assert_eq!(
+            first.snapshot.as_ref().unwrap().version,
+            1,
+            "the previous table stays served"
+        );
+        let owner = crate::rollout::record::Owner {
+            namespace: "ns",
+            name: "r",
+            uid: "u1",
+        };
+        assert!(crate::rollout::record::verify(owner, first.rollout.as_ref().unwrap(), &k).is_ok());
+        let events = decisions(None, &first);
+        assert!(
+            events.iter().any(|d| matches!(
+                d,
+                Decision::Rollout {
+                    reason: "RolloutStep",
+                    ..
+                }
+            )),
+            "{events:?}"
+        );
+
+        let next =
+            crate::rollout::record::apply(&begun, &spec, &crate::rollout::judge::Next::Step(1), None, now);
+        let mut later = input(2, &table, Some(Served::of(&snap)), Some(&first), now, &k);
+        later.rollout = Some(&next);
+        let second = desired(&later);
+        assert_eq!(
+            decisions(Some(&first), &second),
+            [Decision::Rollout {
+                reason: "RolloutStep",
+                message: "rollout of version 2 at step 2/2: 50 % of data planes, the others on version 1"
+                    .into(),
+                warning: false
+            }]
+        );
+        // Nothing new, no Event.
+        assert!(decisions(Some(&second), &desired(&later)).is_empty());
     }
 }
 

@@ -100,6 +100,8 @@ pub struct Report<'a> {
     pub shards: usize,
     /// The status to compare with: what is stored, or what this reconcile just wrote.
     pub current: Option<&'a RoutingConfigStatus>,
+    /// The staged rollout of the newest table, as decided.
+    pub rollout: Option<&'a routing_model::crd::RolloutStatus>,
 }
 
 /// Writes the RoutingConfig's status if it differs from `report.current`, publishes the Events
@@ -143,6 +145,7 @@ pub async fn write_status(ctx: &Writer, report: &Report<'_>) -> Result<RoutingCo
         now: SystemTime::now(),
         key: &ctx.status_key,
         spec_bytes,
+        rollout: report.rollout,
     });
     if current.is_some_and(|c| same_status(c, &desired)) {
         return Ok(desired);
@@ -403,6 +406,18 @@ async fn publish(ctx: &Writer, obj: &RoutingConfig, decision: Decision) {
         Decision::Rejected { message } => (EventType::Warning, "Rejected", message),
         Decision::Synced { message } => (EventType::Normal, "Synced", message),
         Decision::RejectedByDataPlane { message } => (EventType::Warning, "RejectedByDataPlane", message),
+        Decision::Rollout {
+            reason,
+            message,
+            warning,
+        } => {
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            return publish_event(ctx, &obj.object_ref(&()), type_, reason, "Rollout", message).await;
+        }
     };
     publish_event(ctx, &obj.object_ref(&()), type_, reason, "Validate", note).await;
 }

@@ -71,11 +71,7 @@ pub(crate) fn record(
     let state = store.get(key).unwrap_or_default();
     match offered {
         Offered::Accepted => {
-            let hash = state
-                .served
-                .as_ref()
-                .map(|s| s.hash.to_string())
-                .unwrap_or_default();
+            let hash = state.newest().map(|s| s.hash.to_string()).unwrap_or_default();
             tracing::info!(target: "audit", object = %key, version, %hash, "RoutingConfig accepted");
         }
         Offered::Rejected => {

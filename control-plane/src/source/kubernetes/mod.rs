@@ -11,6 +11,8 @@
 //!
 //! - [`reconcile`]: one table: compose, decide what to serve and under which version, recover
 //!   the recorded table when nothing valid is at hand;
+//! - [`staged`]: the leader's side of a staged rollout (`spec.rollout`): begin it, look at it,
+//!   carry out what [`crate::rollout`] decides;
 //! - [`shards`]: the RoutingShard watch: which shards belong to which table, and the status of
 //!   shards that belong to none.
 //!
@@ -19,6 +21,7 @@
 
 mod reconcile;
 mod shards;
+mod staged;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -84,6 +87,8 @@ struct Ctx {
     status_key: Arc<StatusKey>,
     /// Writes statuses and Events.
     report: Arc<Writer>,
+    /// What data planes report, for rollouts.
+    registry: Arc<Registry>,
     /// The RoutingShards, as the shard watch last listed them.
     shards: Store<RoutingShard>,
     /// The RoutingConfigs.
@@ -163,6 +168,7 @@ impl ConfigSource for KubernetesSource {
                 metrics: sctx.metrics.clone(),
                 status_key: self.status_key.clone(),
                 report: report.clone(),
+                registry: self.registry.clone(),
                 shards: shard_reader.clone(),
                 configs: reader.clone(),
                 shards_listed,

@@ -29,10 +29,10 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use routing_model::ValidatedConfig;
 use routing_model::compose::{CompositionErrors, Member, Members, Shard, compose};
-use routing_model::crd::{RoutingConfig, RoutingShard};
+use routing_model::crd::{RolloutPhase, RoutingConfig, RoutingShard};
 use routing_model::protocol::SnapshotRef;
 
-use super::{Ctx, ReconcileError, shards};
+use super::{Ctx, ReconcileError, shards, staged};
 use crate::metrics::ReconcileResult;
 use crate::report::shard_status::{self, Refusal, ServedTable, Table};
 use crate::report::status::{Current, Served};
@@ -123,7 +123,7 @@ fn composed(ctx: &Ctx, key: &ObjectKey, obj: &RoutingConfig, shards: &[Arc<Routi
 /// The objects of a table about to be served as `version`: each shard keeps the version since
 /// which the served table holds its generation, from the table served before or, after a
 /// restart, from its status.
-fn members_for(
+pub(super) fn members_for(
     obj: &Arc<RoutingConfig>,
     shards: &[Arc<RoutingShard>],
     previous: Option<&ServedMembers>,
@@ -200,8 +200,13 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
         None => None,
     };
     let served_now = || served_in(&ctx, &key, &uid);
-    let served = served_now();
+    let mut served = served_now();
     let mut written = None;
+    let recorded_rollout = staged::recorded(&ctx, &obj, &key, &uid);
+    // What status.rollout says after this reconcile (the recorded one unless decided otherwise),
+    // and when a running rollout wants another look.
+    let mut rollout = recorded_rollout.clone();
+    let mut recheck = None;
     let current_table = match &table.result {
         Ok(config) if served.as_ref().is_some_and(|s| s.hash == config.hash()) => {
             ctx.store.clear_rejection(&key);
@@ -217,6 +222,35 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                 // restart): serve it under that version.
                 let members = members_for(&obj, &shards, previous.as_deref(), t.version);
                 serve(&ctx, &key, &uid, t.version, config.clone(), members)
+            } else if leader && staged::owns(recorded_rollout.as_ref(), hash) {
+                // Its rollout is running (or stopped it): the rollout decides what is served.
+                if served.is_none()
+                    && let (Some(t), Some(r)) = (&trusted, recorded)
+                {
+                    // A new leader, or this one restarted: the previous table first.
+                    recover(&ctx, &obj, &key, &uid, t, r, &shards).await;
+                    served = served_now();
+                }
+                let outcome = staged::follow(
+                    &ctx,
+                    &staged::Table {
+                        obj: &obj,
+                        key: &key,
+                        uid: &uid,
+                        generation,
+                        shards: &shards,
+                        composed: &table,
+                        served: served.as_ref(),
+                        trusted: trusted.as_ref(),
+                        recorded: recorded_rollout.as_ref(),
+                    },
+                    config,
+                )
+                .await?;
+                rollout = outcome.rollout;
+                recheck = outcome.recheck;
+                written = outcome.written;
+                outcome.current
             } else if leader && let Some(wait) = settling(&ctx, &key, &table) {
                 // Its objects changed a moment ago: more may be on their way.
                 return Ok(Action::requeue(wait));
@@ -224,9 +258,38 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                 // The shard watch has not delivered every shard the API server has: a version
                 // now could miss some.
                 return Ok(Action::requeue(QUIET));
+            } else if leader
+                && let Some(outcome) = staged::begin(
+                    &ctx,
+                    &staged::Table {
+                        obj: &obj,
+                        key: &key,
+                        uid: &uid,
+                        generation,
+                        shards: &shards,
+                        composed: &table,
+                        served: served.as_ref(),
+                        trusted: trusted.as_ref(),
+                        recorded: recorded_rollout.as_ref(),
+                    },
+                    config,
+                )
+                .await?
+            {
+                rollout = outcome.rollout;
+                recheck = outcome.recheck;
+                written = outcome.written;
+                outcome.current
             } else if leader {
                 let version = next_version(
-                    trusted.as_ref().map(|t| t.version),
+                    [
+                        trusted.as_ref().map(|t| t.version),
+                        recorded_rollout.as_ref().map(|r| r.target_version),
+                        recorded_rollout.as_ref().and_then(|r| r.revert_version),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max(),
                     served.as_ref().map(|s| s.version),
                     table.floor,
                 );
@@ -239,6 +302,19 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                     Err(error) => refuse(&ctx, &key, &uid, generation, "InvalidSpec", error),
                     Ok(_) => {
                         let members = Arc::new(members_for(&obj, &shards, previous.as_deref(), version));
+                        // At once, though it has a rollout: the break-glass, said in the status.
+                        // A rollout this replaces (of another table) ends with it.
+                        rollout = staged::immediate(
+                            obj.spec.rollout.as_ref(),
+                            &reference,
+                            generation,
+                            served.as_ref().map(|s| s.version),
+                        )
+                        .or_else(|| {
+                            rollout.take().filter(|r| {
+                                !matches!(r.phase, RolloutPhase::Progressing | RolloutPhase::Paused)
+                            })
+                        });
                         // Recorded before it is served: no other replica, and no successor, can
                         // serve another table under this version.
                         let pending = Served {
@@ -260,6 +336,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                                 served: Some(pending),
                                 shards: shards.len(),
                                 current: obj.status.as_ref(),
+                                rollout: rollout.as_ref(),
                             },
                         )
                         .await?;
@@ -316,12 +393,13 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                 served: served_view,
                 shards: shards.len(),
                 current: written.as_ref().or(obj.status.as_ref()),
+                rollout: rollout.as_ref(),
             },
         )
         .await?;
         write_shard_statuses(&ctx, &key, &table, served.as_deref(), &shards).await;
     }
-    Ok(Action::await_change())
+    Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// How much longer the new table of `key` should wait before it gets a version: until its

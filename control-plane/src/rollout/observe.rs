@@ -1,0 +1,77 @@
+//! What the data planes of a rollout report, counted by cohort: those within the step's share
+//! should have the new table, the others the previous one.
+
+use routing_model::crd::{RolloutDataPlanes, VersionCounts};
+use routing_model::protocol::SnapshotRef;
+use routing_model::rollout::{cohort, in_share};
+
+use crate::push::registry::Record;
+
+/// The data planes of one rollout.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Within the share: should have the new table.
+    pub target: VersionCounts,
+    /// Outside it: keep the previous one.
+    pub previous: VersionCounts,
+    /// Connected data planes within the share that have neither applied nor rejected the new
+    /// table yet.
+    pub pending: i64,
+    /// A data plane that rejected the new table, and its error.
+    pub first_rejection: Option<(String, String)>,
+}
+
+impl Observed {
+    /// Counts `records` of the RoutingConfig `routing_config` for a rollout of `target` to
+    /// `percent` % of them, the others on `previous`.
+    ///
+    /// A rejection of the new table counts even from a data plane that disconnected since: a
+    /// data plane that refuses a table and restarts must not hide the refusal.
+    pub fn count<'a>(
+        records: impl IntoIterator<Item = &'a Record>,
+        routing_config: &str,
+        target: &SnapshotRef,
+        previous: Option<&SnapshotRef>,
+        percent: i32,
+    ) -> Self {
+        let mut observed = Observed::default();
+        for r in records.into_iter().filter(|r| r.routing_config == routing_config) {
+            let rejected_target = r.nacked.as_ref().is_some_and(|n| n.snapshot == *target);
+            if rejected_target {
+                observed.target.rejected += 1;
+                if observed.first_rejection.is_none() {
+                    let error = r.nacked.as_ref().map(|n| n.error.clone()).unwrap_or_default();
+                    observed.first_rejection = Some((r.id.clone(), error));
+                }
+            }
+            if !r.connected {
+                continue;
+            }
+            if in_share(cohort(&r.id), percent) {
+                observed.target.connected += 1;
+                if r.acked.as_ref() == Some(target) {
+                    observed.target.applied += 1;
+                } else if !rejected_target {
+                    observed.pending += 1;
+                }
+            } else {
+                observed.previous.connected += 1;
+                if previous.is_some_and(|p| r.acked.as_ref() == Some(p)) {
+                    observed.previous.applied += 1;
+                }
+                if previous.is_some_and(|p| r.nacked.as_ref().is_some_and(|n| n.snapshot == *p)) {
+                    observed.previous.rejected += 1;
+                }
+            }
+        }
+        observed
+    }
+
+    /// The counts as the status reports them.
+    pub fn to_status(&self) -> RolloutDataPlanes {
+        RolloutDataPlanes {
+            target: self.target.clone(),
+            previous: self.previous.clone(),
+        }
+    }
+}
