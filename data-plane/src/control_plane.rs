@@ -25,6 +25,7 @@
 //! table throughout; losing the control plane never changes routing.
 
 pub mod answers;
+pub mod health;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -36,8 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, MAX_NACK_ERROR_BYTES,
-    MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotRef, truncate,
+    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_HEALTH, CAP_TOO_LARGE, ClientMessage, Hello,
+    MAX_NACK_ERROR_BYTES, MissingReason, PROTOCOL_VERSION, SUBSCRIBE_PATH, ServerMessage, SnapshotRef,
+    truncate,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -225,6 +227,7 @@ async fn session(
             CAP_GZIP.to_owned(),
             CAP_TOO_LARGE.to_owned(),
             CAP_DELTA.to_owned(),
+            CAP_HEALTH.to_owned(),
         ],
         max_message_bytes: Some(settings.max_message_bytes as u64),
     });
@@ -239,6 +242,11 @@ async fn session(
     let mut answers = Answers::new(applied.borrow_and_update().clone());
     let mut decoding: Option<tokio::task::JoinHandle<Result<ServerMessage, SessionError>>> = None;
     let mut applying: Option<Applying> = None;
+    // Health reports, once the welcome says the control plane takes them.
+    let mut reporting = false;
+    let mut reports = health::Reports::default();
+    let mut report_tick = tokio::time::interval(health::INTERVAL);
+    report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -264,6 +272,12 @@ async fn session(
                         }
                     }
                     None => {}
+                }
+            }
+            _ = report_tick.tick(), if reporting => {
+                let active = state.active.load().as_ref().and_then(|a| a.snapshot.clone());
+                if let Some(report) = reports.next(active, metrics.request_health()) {
+                    sink.send(text(&report)).await?;
                 }
             }
             _ = ping.tick() => {
@@ -323,6 +337,9 @@ async fn session(
                         }
                     }
                     message => {
+                        if let ServerMessage::Welcome(welcome) = &message {
+                            reporting = welcome.capabilities.iter().any(|c| c == CAP_HEALTH);
+                        }
                         // A too-large notice's NACK, sent once everything before it is answered.
                         if let Some(reply) = handle(message, state, metrics)?
                             && let Some(reply) = answers.refuse(reply)

@@ -91,7 +91,7 @@ fn answered(message: &ClientMessage) -> (&SnapshotRef, bool) {
     match message {
         ClientMessage::Ack { snapshot } => (snapshot, true),
         ClientMessage::Nack { snapshot, .. } => (snapshot, false),
-        ClientMessage::Hello(_) => unreachable!("the data plane's answers are ACKs and NACKs"),
+        ClientMessage::Hello(_) | ClientMessage::Health { .. } => unreachable!("the data plane's answers are ACKs and NACKs"),
     }
 }
 

@@ -26,6 +26,10 @@ fuzz_target!(|text: &str| {
             let _ = truncate(error, routing_model::protocol::MAX_NACK_ERROR_BYTES);
         }
         ClientMessage::Ack { .. } => {}
+        ClientMessage::Health { placements, .. } => {
+            // Bounded by the message size the server reads (64 KiB) before any of this.
+            assert!(placements.len() <= text.len());
+        }
     }
     let again = serde_json::to_string(&message).expect("a decoded message encodes");
     let back: ClientMessage = serde_json::from_str(&again).expect("an encoded message decodes");

@@ -12,6 +12,8 @@
 //! kinds and encodings the data plane announced in its `capabilities` ([`CAP_GZIP`],
 //! [`CAP_TOO_LARGE`], [`CAP_DELTA`]), so old data planes keep working with new control planes.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::delta::SpecChanges;
@@ -35,6 +37,12 @@ pub const CAP_TOO_LARGE: &str = "too-large";
 /// the table scheme ([`crate::hash::HashScheme::Table`]). Without it a session is sent full
 /// snapshots with hashes in the JSON scheme, as before delta push.
 pub const CAP_DELTA: &str = "delta";
+/// Capability: the data plane reports, about once a second, the requests it served and how many
+/// of them failed, per placement, on the snapshot it serves ([`ClientMessage::Health`]); a
+/// staged rollout judges its steps by them.
+pub const CAP_HEALTH: &str = "health";
+/// Most placements one [`ClientMessage::Health`] names (those with the most requests).
+pub const MAX_HEALTH_PLACEMENTS: usize = 100;
 /// Default bound on one control-plane message (for a compressed snapshot: its decompressed
 /// size).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -128,6 +136,23 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         resync: bool,
     },
+    /// Requests and failures per placement since the previous report, served with `snapshot`
+    /// (only on a session that negotiated [`CAP_HEALTH`]).
+    Health {
+        /// The snapshot that served them (the data plane's active one).
+        snapshot: SnapshotRef,
+        /// Per placement, at most [`MAX_HEALTH_PLACEMENTS`].
+        placements: BTreeMap<String, PlacementHealth>,
+    },
+}
+
+/// One placement's requests in a [`ClientMessage::Health`] report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementHealth {
+    /// Requests answered (by the cell, or by the proxy for it).
+    pub requests: u64,
+    /// Of those, 5xx answers: the cell's, and the proxy's own 502 and 504.
+    pub errors: u64,
 }
 
 /// The control plane's answer to [`Hello`].

@@ -199,6 +199,9 @@ async fn handle(
     }
     let status = path
         .strip_prefix("/status/")
+        // `/status/500/anything`: an endpoint path prefix makes every request of a placement
+        // answer that status.
+        .and_then(|rest| rest.split('/').next())
         .and_then(|code| code.parse::<u16>().ok())
         .and_then(|code| StatusCode::from_u16(code).ok())
         .unwrap_or(StatusCode::OK);

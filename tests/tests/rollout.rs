@@ -6,6 +6,8 @@
 //!   ROLLOUT column and Events showing each step, and no data plane ever ahead of its step;
 //! - a table one canary data plane refuses (NACK) halts at the first step: the previous table
 //!   comes back as a new version, and the data planes outside the step never see the bad one;
+//! - a table that sends a customer to a cell answering 500 halts at the first step on the error
+//!   ratio the canary reports, naming the placement, and is reverted the same way;
 //! - the annotations pause, resume, promote and abort a rollout.
 //!
 //! The data planes' ids are chosen by their cohort (`routing_model::rollout::cohort`, the same
@@ -22,7 +24,7 @@ use cellroute_tests::fixture::Cells;
 use cellroute_tests::k8s::{
     Cluster, K8S_SOON, RoutingConfigs, condition, get_rtc_columns, without_version_skew_warnings,
 };
-use cellroute_tests::push::Follower;
+use cellroute_tests::push::{Follower, Load};
 use cellroute_tests::push_k8s::{AUDIENCE, KubeControlPlane, follow_with, service_account, token};
 use cellroute_tests::wait::eventually;
 use kube::ResourceExt;
@@ -102,17 +104,19 @@ impl Fleet {
     }
 
     /// The RoutingConfig manifest: `acme` in `acme_cell`, `extra` customers in tier1, and the
-    /// rollout `rollout` (flow YAML).
+    /// rollout `rollout` (flow YAML). Placement `broken` is tier1's cell at `/status/500`, which
+    /// answers every request with a 500.
     fn manifest(&self, acme_cell: &str, extra: &[&str], rollout: &str) -> String {
         let mut customers = format!("acme: {acme_cell}");
         for c in extra {
             customers.push_str(&format!(", {c}: tier1"));
         }
         format!(
-            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nmetadata: {{name: {NAME}, namespace: {}}}\nspec:\n  defaultPlacement: tier3\n  customerToPlacement: {{{customers}}}\n  placementToEndpoint: {{tier1: '{}', tier3: '{}'}}\n  rollout: {rollout}\n",
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nmetadata: {{name: {NAME}, namespace: {}}}\nspec:\n  defaultPlacement: tier3\n  customerToPlacement: {{{customers}}}\n  placementToEndpoint: {{tier1: '{}', tier3: '{}', broken: '{}/status/500'}}\n  rollout: {rollout}\n",
             self.namespace,
             self.cells.url("tier1"),
             self.cells.url("tier3"),
+            self.cells.url("tier1"),
         )
     }
 
@@ -453,4 +457,45 @@ async fn annotations_pause_resume_promote_and_abort_a_rollout() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_sends_a_customer_to_a_failing_cell_halts_on_its_errors_naming_the_placement() {
+    let f = Fleet::start("rollout-5xx", &[]).await;
+    let judged = "{steps: [{percent: 10, pause: 1h}, {percent: 50, pause: 1h}], analysis: {minRequests: 20, maxErrorRatio: 0.1}}";
+    f.apply(&f.manifest("tier1", &[], judged)).await;
+    f.wait_versions([1, 1, 1]).await;
+    // Traffic for acme through every data plane, throughout.
+    let proxies: Vec<_> = f.data_planes().iter().map(|dp| dp.proxy.clone()).collect();
+    let load = Load::start(&proxies, &["acme"], 2);
+    load.wait_for_more(30, K8S_SOON).await;
+
+    f.apply(&f.manifest("broken", &[], judged)).await;
+    let halted = f
+        .wait_rollout("halted on errors", |r| r.phase == RolloutPhase::Halted)
+        .await;
+    let r = rollout_of(&halted);
+    let message = r.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("placement broken: ")
+            && message.contains("failed on version 2")
+            && message.contains("over maxErrorRatio 10.0 %"),
+        "the reason names the placement and the figures: {message}"
+    );
+    assert_eq!(r.revert_version, Some(3));
+    f.wait_versions([3, 3, 3]).await;
+    for dp in f.data_planes() {
+        dp.wait_routes(&[("acme", "tier1")], K8S_SOON).await;
+    }
+    // Only the canary's acme requests failed, and only while it had version 2.
+    let failures = load.stop().await.failures;
+    let canary = f.first.proxy.addr().to_string();
+    assert!(!failures.is_empty());
+    assert!(
+        failures.iter().all(|f| f.starts_with(&format!("{canary} "))),
+        "{failures:?}"
+    );
+    assert_eq!(f.second.counter("cellroute_snapshots_received_total").await, 2.0);
+    assert_eq!(f.rest.counter("cellroute_snapshots_received_total").await, 2.0);
+    assert_eq!(f.rollout_column().await, "Halted");
 }

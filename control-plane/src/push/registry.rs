@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use routing_model::protocol::{MAX_NACK_ERROR_BYTES, SnapshotRef, truncate};
+use routing_model::protocol::{
+    MAX_HEALTH_PLACEMENTS, MAX_NACK_ERROR_BYTES, PlacementHealth, SnapshotRef, truncate,
+};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -66,9 +68,22 @@ pub struct Record {
     pub acked_at: Option<f64>,
     /// The last snapshot it refused, and why.
     pub nacked: Option<Nack>,
+    /// What it served with the snapshot it reports health for, summed over this session's
+    /// reports (see [`routing_model::protocol::CAP_HEALTH`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
     /// Fired when a newer session under the same key takes over.
     #[serde(skip)]
     superseded: CancellationToken,
+}
+
+/// Requests and failures per placement, summed over a session's reports for one snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// The snapshot that served them.
+    pub snapshot: SnapshotRef,
+    /// Per placement (at most [`MAX_HEALTH_PLACEMENTS`]).
+    pub placements: BTreeMap<String, PlacementHealth>,
 }
 
 /// A refusal.
@@ -212,6 +227,7 @@ impl Registry {
                 acked,
                 acked_at: None,
                 nacked: None,
+                health: None,
                 superseded: superseded.clone(),
             }));
             records.insert(key, record.clone());
@@ -251,6 +267,44 @@ impl Registry {
             r.acked_at = Some(r.last_seen);
             r.nacked = None;
         });
+    }
+
+    /// The data plane reported what it served with `snapshot` since its last report. Reports
+    /// of another snapshot start the sums again; placements beyond [`MAX_HEALTH_PLACEMENTS`]
+    /// are ignored, so what a peer reports is bounded. No one is woken: a rollout looks when it
+    /// looks.
+    pub fn health(
+        &self,
+        session: &Session,
+        snapshot: SnapshotRef,
+        placements: BTreeMap<String, PlacementHealth>,
+    ) {
+        let mut record = lock(&session.record);
+        record.last_seen = now();
+        // Only about what it applied: a report racing a new snapshot is dropped, not misfiled.
+        if record.acked.as_ref() != Some(&snapshot) {
+            return;
+        }
+        let health = match &mut record.health {
+            Some(h) if h.snapshot == snapshot => h,
+            other => other.insert(Health {
+                snapshot,
+                placements: BTreeMap::new(),
+            }),
+        };
+        for (placement, mut report) in placements {
+            if placement.len() > routing_model::validate::MAX_NAME_BYTES {
+                continue;
+            }
+            report.errors = report.errors.min(report.requests);
+            let room = health.placements.len() < MAX_HEALTH_PLACEMENTS;
+            if let Some(sum) = health.placements.get_mut(&placement) {
+                sum.requests = sum.requests.saturating_add(report.requests);
+                sum.errors = sum.errors.saturating_add(report.errors);
+            } else if room {
+                health.placements.insert(placement, report);
+            }
+        }
     }
 
     /// The data plane refused a snapshot; `error` is cut to [`MAX_NACK_ERROR_BYTES`].
@@ -394,6 +448,45 @@ mod tests {
         assert!(record.nacked.is_none());
         registry.disconnect(&second);
         assert!(!registry.list()[0].connected);
+    }
+
+    #[test]
+    fn health_reports_count_only_for_the_acked_snapshot_and_stay_bounded() {
+        let registry = Registry::default();
+        let session = registry.connect(key(1, "dp-1"), &arrival());
+        let report = |pairs: Vec<(String, u64, u64)>| -> BTreeMap<String, PlacementHealth> {
+            pairs
+                .into_iter()
+                .map(|(p, requests, errors)| (p, PlacementHealth { requests, errors }))
+                .collect()
+        };
+        let health = || registry.list()[0].health.clone();
+        // Not what it applied: dropped.
+        registry.health(&session, snapshot(1), report(vec![("a".into(), 5, 1)]));
+        assert!(health().is_none());
+        registry.ack(&session, snapshot(1));
+        registry.health(&session, snapshot(1), report(vec![("a".into(), 5, 1)]));
+        registry.health(
+            &session,
+            snapshot(1),
+            report(vec![("a".into(), u64::MAX, u64::MAX)]),
+        );
+        let sums = health().unwrap();
+        assert_eq!(sums.placements["a"].requests, u64::MAX, "saturates");
+        // A hostile report: more errors than requests, names too long, too many placements.
+        let hostile: Vec<(String, u64, u64)> = (0..MAX_HEALTH_PLACEMENTS + 500)
+            .map(|i| (format!("p{i}"), 1, 1_000))
+            .chain([("x".repeat(10_000), 1, 1)])
+            .collect();
+        registry.health(&session, snapshot(1), report(hostile));
+        let sums = health().unwrap();
+        assert_eq!(sums.placements.len(), MAX_HEALTH_PLACEMENTS);
+        assert!(sums.placements.values().all(|h| h.errors <= h.requests));
+        // A new snapshot starts the sums again.
+        registry.ack(&session, snapshot(2));
+        registry.health(&session, snapshot(2), report(vec![("b".into(), 3, 0)]));
+        let sums = health().unwrap();
+        assert_eq!((sums.snapshot.version, sums.placements.len()), (2, 1));
     }
 
     #[test]

@@ -28,8 +28,8 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures::{FutureExt, SinkExt, StreamExt};
 use routing_model::protocol::{
-    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_TOO_LARGE, ClientMessage, Hello, PROTOCOL_VERSION,
-    ServerMessage, SnapshotRef, Welcome, check_object_ref, truncate,
+    CAP_DELTA, CAP_FULL_SNAPSHOT, CAP_GZIP, CAP_HEALTH, CAP_TOO_LARGE, ClientMessage, Hello,
+    PROTOCOL_VERSION, ServerMessage, SnapshotRef, Welcome, check_object_ref, truncate,
 };
 
 use super::PushState;
@@ -441,6 +441,12 @@ impl Subscribed {
                 capabilities.push(cap.to_owned());
             }
         }
+        // Counted only on sessions that negotiated it and hash their snapshots in the table
+        // scheme, as the registry does.
+        let health = offered(CAP_HEALTH) && self.forms.delta;
+        if health {
+            capabilities.push(CAP_HEALTH.to_owned());
+        }
         let welcome = ServerMessage::Welcome(Welcome {
             protocol: PROTOCOL_VERSION,
             capabilities,
@@ -529,6 +535,12 @@ impl Subscribed {
                                 if let Err(end) = self.release(&mut held, &updates, sink, s).await {
                                     return end;
                                 }
+                            }
+                            Ok(ClientMessage::Health { snapshot, placements }) if health => {
+                                s.registry.health(self.session(), snapshot, placements);
+                            }
+                            Ok(ClientMessage::Health { .. }) => {
+                                return End::Protocol("health-not-negotiated", "a health report on a session without the health capability".into());
                             }
                             Ok(ClientMessage::Hello(_)) => {
                                 return End::Protocol("hello-twice", "hello sent twice".into());

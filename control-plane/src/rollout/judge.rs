@@ -97,6 +97,11 @@ pub fn judge(
             ),
         };
     }
+    let requests: u64 = observed.target_health.values().map(|h| h.requests).sum();
+    let judged = requests >= u64::try_from(analysis.min_requests).unwrap_or(0);
+    if judged && let Some(reason) = failing(observed, analysis.max_error_ratio, version) {
+        return Next::Halt { reason };
+    }
     if controls.promote {
         return Next::Complete {
             message: format!(
@@ -159,6 +164,17 @@ pub fn judge(
             recheck: pause - baked,
         };
     }
+    if !judged {
+        return Next::Wait {
+            message: format!(
+                "step {}/{steps} ({} %): waiting for {} requests on version {version} (minRequests) before judging the step",
+                index + 1,
+                status.percent,
+                analysis.min_requests
+            ),
+            recheck: RECHECK,
+        };
+    }
     if index + 1 < steps {
         Next::Step(index + 1)
     } else {
@@ -166,6 +182,35 @@ pub fn judge(
             message: format!("all {steps} steps passed"),
         }
     }
+}
+
+/// The first placement whose share of failed requests on the new table is over `max_ratio` and
+/// over what the data planes on the previous table see for it, described with the figures.
+fn failing(observed: &Observed, max_ratio: f64, version: i64) -> Option<String> {
+    let ratio = |h: &routing_model::protocol::PlacementHealth| {
+        if h.requests == 0 {
+            0.0
+        } else {
+            h.errors as f64 / h.requests as f64
+        }
+    };
+    observed.target_health.iter().find_map(|(placement, h)| {
+        let now = ratio(h);
+        let before = observed.previous_health.get(placement).copied().unwrap_or_default();
+        let baseline = ratio(&before);
+        (h.requests > 0 && now > max_ratio && now > baseline).then(|| {
+            format!(
+                "placement {placement}: {} of {} requests failed on version {version} ({:.1} %), over maxErrorRatio {:.1} % and the previous version's {:.1} % ({} of {})",
+                h.errors,
+                h.requests,
+                now * 100.0,
+                max_ratio * 100.0,
+                baseline * 100.0,
+                before.errors,
+                before.requests
+            )
+        })
+    })
 }
 
 #[cfg(test)]
@@ -177,7 +222,7 @@ mod tests {
 
     fn spec() -> RolloutSpec {
         serde_json::from_str(
-            r#"{"steps": [{"percent": 10, "pause": "30s"}, {"percent": 50, "pause": "30s"}]}"#,
+            r#"{"steps": [{"percent": 10, "pause": "30s"}, {"percent": 50, "pause": "30s"}], "analysis": {"minRequests": 0}}"#,
         )
         .unwrap()
     }
@@ -338,5 +383,54 @@ mod tests {
                 Next::Wait { .. }
             ));
         }
+    }
+
+    fn health(
+        pairs: &[(&str, u64, u64)],
+    ) -> std::collections::BTreeMap<String, routing_model::protocol::PlacementHealth> {
+        pairs
+            .iter()
+            .map(|(p, requests, errors)| {
+                (
+                    (*p).to_owned(),
+                    routing_model::protocol::PlacementHealth {
+                        requests: *requests,
+                        errors: *errors,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn errors_over_the_threshold_and_the_baseline_halt_once_there_is_enough_traffic() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let status = at(1, RolloutPhase::Progressing, t0);
+        let mut spec = spec();
+        spec.analysis.min_requests = 100;
+        let mut seen = observed(1, 1, 0);
+        seen.target_health = health(&[("tier1", 50, 50)]);
+        // Too little traffic to judge, even after the pause: it waits.
+        let next = judge(&spec, &status, &seen, GO, t0 + Duration::from_secs(60));
+        assert!(
+            matches!(&next, Next::Wait { message, .. } if message.contains("waiting for 100 requests")),
+            "{next:?}"
+        );
+        seen.target_health = health(&[("tier1", 200, 1), ("broken", 100, 30)]);
+        seen.previous_health = health(&[("tier1", 1000, 5)]);
+        assert_eq!(
+            judge(&spec, &status, &seen, GO, t0),
+            Next::Halt {
+                reason: "placement broken: 30 of 100 requests failed on version 7 (30.0 %), over maxErrorRatio 2.0 % and the previous version's 0.0 % (0 of 0)".into()
+            }
+        );
+        // A placement that fails as much on the previous table is not the new table's fault.
+        seen.target_health = health(&[("flaky", 300, 30)]);
+        seen.previous_health = health(&[("flaky", 3000, 400)]);
+        assert!(matches!(judge(&spec, &status, &seen, GO, t0), Next::Wait { .. }));
+        assert_eq!(
+            judge(&spec, &status, &seen, GO, t0 + Duration::from_secs(30)),
+            Next::Step(1)
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! What the data planes of a rollout report, counted by cohort: those within the step's share
 //! should have the new table, the others the previous one.
 
+use std::collections::BTreeMap;
+
 use routing_model::crd::{RolloutDataPlanes, VersionCounts};
-use routing_model::protocol::SnapshotRef;
+use routing_model::protocol::{PlacementHealth, SnapshotRef};
 use routing_model::rollout::{cohort, in_share};
 
 use crate::push::registry::Record;
@@ -19,6 +21,19 @@ pub struct Observed {
     pub pending: i64,
     /// A data plane that rejected the new table, and its error.
     pub first_rejection: Option<(String, String)>,
+    /// Requests and failures per placement that the data planes of the share report on the new
+    /// table.
+    pub target_health: BTreeMap<String, PlacementHealth>,
+    /// The same, from the data planes on the previous table: the baseline.
+    pub previous_health: BTreeMap<String, PlacementHealth>,
+}
+
+fn add(into: &mut BTreeMap<String, PlacementHealth>, from: &BTreeMap<String, PlacementHealth>) {
+    for (placement, h) in from {
+        let sum = into.entry(placement.clone()).or_default();
+        sum.requests = sum.requests.saturating_add(h.requests);
+        sum.errors = sum.errors.saturating_add(h.errors);
+    }
 }
 
 impl Observed {
@@ -47,7 +62,16 @@ impl Observed {
             if !r.connected {
                 continue;
             }
+            let reported = |on: &SnapshotRef| {
+                r.health
+                    .as_ref()
+                    .filter(|h| h.snapshot == *on)
+                    .map(|h| &h.placements)
+            };
             if in_share(cohort(&r.id), percent) {
+                if let Some(h) = reported(target) {
+                    add(&mut observed.target_health, h);
+                }
                 observed.target.connected += 1;
                 if r.acked.as_ref() == Some(target) {
                     observed.target.applied += 1;
@@ -55,6 +79,9 @@ impl Observed {
                     observed.pending += 1;
                 }
             } else {
+                if let Some(h) = previous.and_then(reported) {
+                    add(&mut observed.previous_health, h);
+                }
                 observed.previous.connected += 1;
                 if previous.is_some_and(|p| r.acked.as_ref() == Some(p)) {
                     observed.previous.applied += 1;

@@ -169,8 +169,8 @@ pub fn superseded(snapshot: SnapshotRef, newer: i64) -> ClientMessage {
 fn answered(message: &ClientMessage) -> &SnapshotRef {
     match message {
         ClientMessage::Ack { snapshot } | ClientMessage::Nack { snapshot, .. } => snapshot,
-        // The session never hands a hello here.
-        ClientMessage::Hello(_) => unreachable!("a hello is not an answer"),
+        // The session never hands a hello or a health report here.
+        ClientMessage::Hello(_) | ClientMessage::Health { .. } => unreachable!("not an answer"),
     }
 }
 
@@ -217,7 +217,7 @@ mod tests {
             let checked = match answer {
                 ClientMessage::Ack { snapshot } => ledger.ack(snapshot),
                 ClientMessage::Nack { snapshot, .. } => ledger.nack(snapshot),
-                ClientMessage::Hello(_) => unreachable!(),
+                ClientMessage::Hello(_) | ClientMessage::Health { .. } => unreachable!(),
             };
             assert_eq!(checked, Ok(()), "{answer:?}");
         }

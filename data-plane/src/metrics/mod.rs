@@ -265,6 +265,13 @@ impl Metrics {
         self.requests.placement(placement)
     }
 
+    /// Requests and 5xx answers so far, per placement, for health reports.
+    pub fn request_health(
+        &self,
+    ) -> std::collections::BTreeMap<String, routing_model::protocol::PlacementHealth> {
+        self.requests.health()
+    }
+
     /// Proxy workers the request metrics are sharded for.
     pub fn workers(&self) -> usize {
         self.requests.workers()

@@ -179,6 +179,26 @@ impl RequestMetrics {
     }
 }
 
+impl RequestMetrics {
+    /// Every placement's requests so far (answered by the cell, or by the proxy for it) and,
+    /// of those, the 5xx: the cells' and the proxy's own 502 and 504. What a staged rollout
+    /// judges (see `routing_model::protocol::CAP_HEALTH`).
+    pub fn health(&self) -> BTreeMap<String, routing_model::protocol::PlacementHealth> {
+        self.snapshot()
+            .into_iter()
+            .map(|(name, m)| {
+                let t = Totals::of(&m);
+                let failed = t.errors[ProxyError::Unreachable.slot()] + t.errors[ProxyError::Timeout.slot()];
+                let health = routing_model::protocol::PlacementHealth {
+                    requests: t.by_class.iter().sum::<u64>() + t.errors.iter().sum::<u64>(),
+                    errors: t.by_class[4] + failed,
+                };
+                (name, health)
+            })
+            .collect()
+    }
+}
+
 /// Sums of one placement's shards.
 struct Totals {
     by_class: [u64; 5],
