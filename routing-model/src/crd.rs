@@ -269,6 +269,35 @@ pub struct ReplicaReport {
     /// Its most recent rejection, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rejection: Option<DataPlaneRejection>,
+    /// While a staged rollout runs: how its data planes stand on it, for the leader to judge
+    /// the step with every replica's data planes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<ReplicaRollout>,
+}
+
+/// One replica's data planes in a staged rollout.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaRollout {
+    /// The version being rolled out, as this replica serves it.
+    pub target_version: i64,
+    /// The share it serves it to.
+    pub percent: i64,
+    /// Its data planes within the share.
+    pub target: VersionCounts,
+    /// Its data planes outside it.
+    pub previous: VersionCounts,
+    /// Of those within the share, how many have neither applied nor rejected it yet.
+    pub pending: i64,
+    /// A data plane of it that rejected the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<DataPlaneRejection>,
+    /// Requests and 5xx per placement its data planes report on the new version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_health: BTreeMap<String, crate::protocol::PlacementHealth>,
+    /// The same on the previous version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub previous_health: BTreeMap<String, crate::protocol::PlacementHealth>,
 }
 
 /// A data plane's refusal of a snapshot.

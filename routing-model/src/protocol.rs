@@ -147,7 +147,7 @@ pub enum ClientMessage {
 }
 
 /// One placement's requests in a [`ClientMessage::Health`] report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PlacementHealth {
     /// Requests answered (by the cell, or by the proxy for it).
     pub requests: u64,

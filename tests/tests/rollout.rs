@@ -50,7 +50,8 @@ struct Fleet {
     rtc: RoutingConfigs,
     namespace: String,
     cells: Cells,
-    _cp: KubeControlPlane,
+    /// The control planes (`cp-0` first, the leader).
+    cps: Vec<Option<KubeControlPlane>>,
     /// In the first 10 %.
     first: Follower,
     /// In the first 50 %, not the first 10 %.
@@ -63,12 +64,27 @@ struct Fleet {
 impl Fleet {
     /// Starts everything; `first_args` are extra arguments of the 10 % data plane.
     async fn start(prefix: &str, first_args: &[&str]) -> Self {
+        Self::start_with(prefix, first_args, 1, [0, 0, 0]).await
+    }
+
+    /// Starts `replicas` control planes (`cp-0` leads) with 3 s Leases, and connects the first,
+    /// second and rest data planes to the replicas `connect_to` names.
+    async fn start_with(prefix: &str, first_args: &[&str], replicas: usize, connect_to: [usize; 3]) -> Self {
         let cluster = Cluster::from_env();
         let client = cluster.client().await;
         cluster.install_crd(&client).await;
         let namespace = cluster.namespace(&client, prefix).await;
         let cells = Cells::start(&["tier1", "tier3"]).await;
-        let cp = KubeControlPlane::start(&Options::new(&cluster, &namespace, "cp-0"), &[]).await;
+        let mut cps = Vec::new();
+        for i in 0..replicas {
+            let options = Options::new(&cluster, &namespace, &format!("cp-{i}"));
+            let cp = KubeControlPlane::start(&options, &["--lease-duration", "3"]).await;
+            if i == 0 {
+                wait_leader(&cp).await;
+            }
+            cps.push(Some(cp));
+        }
+        let url = |i: usize| cps[connect_to[i]].as_ref().expect("running").url();
         service_account(&cluster, &namespace, SERVICE_ACCOUNT).await;
         let token = token(&cluster, &namespace, SERVICE_ACCOUNT, Some(AUDIENCE)).await;
         let dir = tempfile::tempdir().expect("temporary directory");
@@ -80,9 +96,9 @@ impl Fleet {
             id_in("dp", tenth..half),
             id_in("dp", half..COHORT_BUCKETS),
         ];
-        let first = follow_with(&cp.url(), &object, &ids[0], &token, dir.path(), first_args).await;
-        let second = follow_with(&cp.url(), &object, &ids[1], &token, dir.path(), &[]).await;
-        let rest = follow_with(&cp.url(), &object, &ids[2], &token, dir.path(), &[]).await;
+        let first = follow_with(&url(0), &object, &ids[0], &token, dir.path(), first_args).await;
+        let second = follow_with(&url(1), &object, &ids[1], &token, dir.path(), &[]).await;
+        let rest = follow_with(&url(2), &object, &ids[2], &token, dir.path(), &[]).await;
         for dp in [&first, &second, &rest] {
             dp.wait_connected(true, K8S_SOON).await;
         }
@@ -91,7 +107,7 @@ impl Fleet {
             cluster,
             namespace,
             cells,
-            _cp: cp,
+            cps,
             first,
             second,
             rest,
@@ -211,6 +227,19 @@ impl Fleet {
             .filter_map(|e| e.reason)
             .collect()
     }
+}
+
+/// Waits until `cp` holds the leader Lease.
+async fn wait_leader(cp: &KubeControlPlane) {
+    eventually("the control plane to lead", K8S_SOON, || async {
+        let leader = cp.metric("cellroute_leader", &[]).await;
+        if leader == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("cellroute_leader {leader}"))
+        }
+    })
+    .await;
 }
 
 fn rollout_of(obj: &RoutingConfig) -> RolloutStatus {
@@ -498,4 +527,80 @@ async fn a_table_that_sends_a_customer_to_a_failing_cell_halts_on_its_errors_nam
     assert_eq!(f.second.counter("cellroute_snapshots_received_total").await, 2.0);
     assert_eq!(f.rest.counter("cellroute_snapshots_received_total").await, 2.0);
     assert_eq!(f.rollout_column().await, "Halted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_serves_each_cohort_its_version_and_a_new_leader_resumes_at_the_recorded_step() {
+    // The 10 % data plane and the rest on cp-1, which does not lead; the 50 % one on cp-0.
+    let mut f = Fleet::start_with("rollout-ha", &[], 2, [1, 0, 1]).await;
+    let slow = "{steps: [{percent: 10, pause: 1h}, {percent: 50, pause: 1h}], analysis: {minRequests: 0}}";
+    f.apply(&f.manifest("tier1", &[], slow)).await;
+    f.wait_versions([1, 1, 1]).await;
+
+    f.apply(&f.manifest("tier3", &[], slow)).await;
+    let at_step = f.wait_rollout("step 1", |r| r.summary == "10% 1/2").await;
+    let step_started = rollout_of(&at_step).step_started_at;
+    // cp-1 follows the leader's record: its canary has the new version, its other data plane not.
+    f.wait_versions([2, 1, 1]).await;
+    // The leader counts cp-1's data planes too.
+    f.wait_rollout("the canary counted across replicas", |r| {
+        r.data_planes
+            .as_ref()
+            .is_some_and(|d| d.target.applied == 1 && d.previous.connected == 2)
+    })
+    .await;
+
+    // The leader crashes; cp-1 takes over at the recorded step.
+    drop(f.cps[0].take());
+    let cp1 = f.cps[1].as_ref().expect("running");
+    wait_leader(cp1).await;
+    // Its first status write as leader drops the crashed replica's entry.
+    let taken_over = f
+        .rtc
+        .wait_for(NAME, "cp-0's entry pruned by the new leader", |obj| {
+            let replicas = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.data_planes.as_ref())
+                .map(|d| d.replicas.clone())
+                .unwrap_or_default();
+            if replicas.contains_key("cp-0") {
+                Err(format!("replicas {:?}", replicas.keys()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    let r = rollout_of(&taken_over);
+    assert_eq!(
+        (r.phase, r.step, r.percent),
+        (RolloutPhase::Progressing, 1, 10),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.step_started_at, step_started,
+        "the step was neither restarted nor skipped"
+    );
+    assert_eq!(f.first.config().await["snapshot"]["version"], 2);
+    assert_eq!(f.rest.config().await["snapshot"]["version"], 1);
+    let uid = taken_over.uid().expect("uid");
+    let steps = f
+        .event_reasons(&uid)
+        .await
+        .iter()
+        .filter(|r| *r == "RolloutStep")
+        .count();
+    assert_eq!(steps, 1, "step 1 announced once");
+
+    // The new leader completes it.
+    f.annotate("cellroute.dev/rollout-promote=2").await;
+    f.wait_rollout("complete", |r| r.phase == RolloutPhase::Complete)
+        .await;
+    for dp in [&f.first, &f.rest] {
+        eventually(&format!("{} on version 2", dp.id), K8S_SOON, || async {
+            let v = dp.config().await["snapshot"]["version"].clone();
+            if v == 2 { Ok(()) } else { Err(format!("{v}")) }
+        })
+        .await;
+    }
 }

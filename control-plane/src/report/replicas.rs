@@ -95,8 +95,13 @@ impl ReplicaSettings {
     }
 }
 
-fn report(counts: &Counts, version: Option<i64>) -> ReplicaReport {
+fn report(
+    counts: &Counts,
+    version: Option<i64>,
+    rollout: Option<routing_model::crd::ReplicaRollout>,
+) -> ReplicaReport {
     ReplicaReport {
+        rollout,
         version,
         connected: counts.connected,
         synced: counts.synced,
@@ -110,6 +115,26 @@ fn report(counts: &Counts, version: Option<i64>) -> ReplicaReport {
                 error: crate::report::status::truncate(error, 1024),
             }),
     }
+}
+
+/// This replica's data planes in the staged rollout of `key`, if one runs here.
+pub fn local_rollout(
+    store: &SnapshotStore,
+    registry: &Registry,
+    key: &ObjectKey,
+) -> Option<routing_model::crd::ReplicaRollout> {
+    let state = store.get(key)?;
+    let canary = state.canary?;
+    let target = canary.target.reference();
+    let records = registry.list();
+    let observed = crate::rollout::observe::Observed::count(
+        &records,
+        &key.to_string(),
+        &target,
+        state.served.map(|s| s.reference()).as_ref(),
+        canary.percent,
+    );
+    Some(observed.to_replica(target.version, canary.percent))
 }
 
 /// This replica's counts for one object.
@@ -129,9 +154,18 @@ pub async fn report_loop(
 ) {
     let mut changes = registry.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(settings.lease_duration.max(2) / 2));
+    // Health reports wake no one (they arrive every second from every data plane): while a
+    // rollout runs here, what they add is written this often, for the leader to judge.
+    let mut rollout_tick = tokio::time::interval(ROLLOUT_REPORT_EVERY);
+    rollout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = rollout_tick.tick() => {
+                if !store.list().iter().any(|(_, s)| s.canary.is_some()) {
+                    continue;
+                }
+            }
             changed = changes.changed() => {
                 if changed.is_err() { break; }
                 // Coalesce a burst of ACKs into one write per object.
@@ -154,7 +188,7 @@ pub async fn report_loop(
                 .as_ref()
                 .and_then(|s| s.data_planes.as_ref())
                 .and_then(|d| d.replicas.get(&settings.identity));
-            let desired = report(&counts, version);
+            let desired = report(&counts, version, local_rollout(&store, &registry, &key));
             let entry = match (mine, counts.connected) {
                 (None, 0) => continue,
                 (Some(current), _) if *current == desired => continue,
@@ -186,6 +220,9 @@ pub async fn report_loop(
         );
     }
 }
+
+/// How often a replica with a rollout running writes what its data planes report on it.
+pub const ROLLOUT_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest a leaving replica spends removing its entries.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use routing_model::crd::{RolloutDataPlanes, VersionCounts};
+use routing_model::crd::{DataPlaneRejection, ReplicaRollout, RolloutDataPlanes, VersionCounts};
 use routing_model::protocol::{PlacementHealth, SnapshotRef};
 use routing_model::rollout::{cohort, in_share};
 
@@ -26,6 +26,12 @@ pub struct Observed {
     pub target_health: BTreeMap<String, PlacementHealth>,
     /// The same, from the data planes on the previous table: the baseline.
     pub previous_health: BTreeMap<String, PlacementHealth>,
+}
+
+fn add_counts(into: &mut VersionCounts, from: &VersionCounts) {
+    into.connected += from.connected;
+    into.applied += from.applied;
+    into.rejected += from.rejected;
 }
 
 fn add(into: &mut BTreeMap<String, PlacementHealth>, from: &BTreeMap<String, PlacementHealth>) {
@@ -92,6 +98,54 @@ impl Observed {
             }
         }
         observed
+    }
+
+    /// This replica's part, as it reports it in its entry of the status, for a rollout of
+    /// `target_version` to `percent` %.
+    pub fn to_replica(&self, target_version: i64, percent: i32) -> ReplicaRollout {
+        ReplicaRollout {
+            target_version,
+            percent: i64::from(percent),
+            target: self.target.clone(),
+            previous: self.previous.clone(),
+            pending: self.pending,
+            rejection: self
+                .first_rejection
+                .as_ref()
+                .map(|(data_plane, error)| DataPlaneRejection {
+                    data_plane: data_plane.clone(),
+                    version: target_version,
+                    error: crate::report::status::truncate(error, 1024),
+                }),
+            target_health: self.target_health.clone(),
+            previous_health: self.previous_health.clone(),
+        }
+    }
+
+    /// Adds another replica's part. A replica that does not serve the step yet (another
+    /// version or share, or no rollout at all) counts all its data planes as pending: the step
+    /// waits for it rather than judge without them.
+    pub fn add_replica(
+        &mut self,
+        entry: &routing_model::crd::ReplicaReport,
+        target_version: i64,
+        percent: i32,
+    ) {
+        match &entry.rollout {
+            Some(r) if r.target_version == target_version && r.percent == i64::from(percent) => {
+                add_counts(&mut self.target, &r.target);
+                add_counts(&mut self.previous, &r.previous);
+                self.pending += r.pending;
+                if self.first_rejection.is_none()
+                    && let Some(rej) = &r.rejection
+                {
+                    self.first_rejection = Some((rej.data_plane.clone(), rej.error.clone()));
+                }
+                add(&mut self.target_health, &r.target_health);
+                add(&mut self.previous_health, &r.previous_health);
+            }
+            _ => self.pending += entry.connected,
+        }
     }
 
     /// The counts as the status reports them.

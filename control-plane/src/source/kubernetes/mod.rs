@@ -89,6 +89,8 @@ struct Ctx {
     report: Arc<Writer>,
     /// What data planes report, for rollouts.
     registry: Arc<Registry>,
+    /// This replica's identity and the replica Leases, for rollouts counted across replicas.
+    replica: ReplicaSettings,
     /// The RoutingShards, as the shard watch last listed them.
     shards: Store<RoutingShard>,
     /// The RoutingConfigs.
@@ -169,6 +171,7 @@ impl ConfigSource for KubernetesSource {
                 status_key: self.status_key.clone(),
                 report: report.clone(),
                 registry: self.registry.clone(),
+                replica: self.replica.clone(),
                 shards: shard_reader.clone(),
                 configs: reader.clone(),
                 shards_listed,

@@ -219,9 +219,19 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
             let previous = served.as_ref().and_then(|s| s.members.clone());
             if let Some(t) = trusted.as_ref().filter(|t| t.hash == hash) {
                 // The leader gave this table its version (or this replica did, before a
-                // restart): serve it under that version.
-                let members = members_for(&obj, &shards, previous.as_deref(), t.version);
-                serve(&ctx, &key, &uid, t.version, config.clone(), members)
+                // restart): serve it under that version; the canary of a rollout that
+                // completed is that version already.
+                let target = SnapshotRef {
+                    lineage: uid.clone(),
+                    version: t.version,
+                    hash,
+                };
+                if ctx.store.promote(&key, &target) {
+                    Current::Valid { hash }
+                } else {
+                    let members = members_for(&obj, &shards, previous.as_deref(), t.version);
+                    serve(&ctx, &key, &uid, t.version, config.clone(), members)
+                }
             } else if leader && staged::owns(recorded_rollout.as_ref(), hash) {
                 // Its rollout is running (or stopped it): the rollout decides what is served.
                 if served.is_none()
@@ -358,7 +368,39 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                     && let (Some(t), Some(r)) = (&trusted, recorded)
                 {
                     recover(&ctx, &obj, &key, &uid, t, r, &shards).await;
+                    served = served_now();
                 }
+                if let (Some(t), Some(s)) = (&trusted, &served)
+                    && t.hash == s.hash
+                    && t.version > s.version
+                {
+                    // The served table under a newer version: a halted rollout restored it.
+                    let offered = ctx.store.offer_table(
+                        &key,
+                        &uid,
+                        t.version,
+                        Ok(ValidatedConfig::clone(&s.config)),
+                        s.members.clone(),
+                    );
+                    crate::source::record(&ctx.metrics, &ctx.store, &key, t.version, &offered);
+                    served = served_now();
+                }
+                // The leader's rollout of this table, at the step it recorded.
+                staged::follow_recorded(
+                    &ctx,
+                    &staged::Table {
+                        obj: &obj,
+                        key: &key,
+                        uid: &uid,
+                        generation,
+                        shards: &shards,
+                        composed: &table,
+                        served: served.as_ref(),
+                        trusted: trusted.as_ref(),
+                        recorded: recorded_rollout.as_ref(),
+                    },
+                    config,
+                );
                 ctx.metrics.reconciled(ReconcileResult::Unchanged);
                 Current::Valid { hash }
             }

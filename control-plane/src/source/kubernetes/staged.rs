@@ -20,6 +20,7 @@ use routing_model::rollout::RolloutSpec;
 
 use super::reconcile::{Composed, members_for, next_version};
 use super::{Ctx, ReconcileError};
+use crate::report::replicas;
 use crate::report::status::{Current, Served};
 use crate::report::writer::{self as report, Report};
 use crate::rollout::judge::{Controls, Next, RECHECK, judge};
@@ -215,6 +216,50 @@ pub(super) async fn begin(
     }))
 }
 
+/// On a replica that does not lead: serves the leader's recorded rollout of `config` at the
+/// recorded share (the store's canary), so every replica serves each data plane the version
+/// its cohort should have. Only a record the leader signed is followed.
+pub(super) fn follow_recorded(ctx: &Ctx, t: &Table<'_>, config: &ValidatedConfig) {
+    let hash = config.hash();
+    let Some(r) = t
+        .recorded
+        .filter(|r| matches!(r.phase, RolloutPhase::Progressing | RolloutPhase::Paused))
+        .filter(|r| r.target_hash == hash.to_string())
+    else {
+        return;
+    };
+    // Without the previous table, the new one would reach every data plane.
+    let Some(stable) = t.served.filter(|s| s.version < r.target_version) else {
+        return;
+    };
+    let target = SnapshotRef {
+        lineage: t.uid.to_owned(),
+        version: r.target_version,
+        hash,
+    };
+    let staged = ctx
+        .store
+        .get(t.key)
+        .and_then(|s| s.canary)
+        .filter(|c| c.target.reference() == target);
+    if staged.is_some() {
+        ctx.store.set_share(t.key, &target, r.percent as i32);
+        return;
+    }
+    let members = members_for(t.obj, t.shards, stable.members.as_deref(), r.target_version);
+    let offered = ctx.store.offer_delivered(
+        t.key,
+        t.uid,
+        r.target_version,
+        Ok(config.clone()),
+        Some(Arc::new(members)),
+        Delivery::Staged {
+            percent: r.percent as i32,
+        },
+    );
+    crate::source::record(&ctx.metrics, &ctx.store, t.key, r.target_version, &offered);
+}
+
 /// Looks at the running rollout `r` of `config` and carries out the decision.
 async fn step(
     ctx: &Ctx,
@@ -260,13 +305,26 @@ async fn step(
         );
     }
     let records = ctx.registry.list();
-    let observed = Observed::count(
+    let mut observed = Observed::count(
         &records,
         &t.key.to_string(),
         &target,
         Some(&stable.reference()),
         r.percent as i32,
     );
+    // The data planes of the other live replicas, as their entries say.
+    let entries = t
+        .obj
+        .status
+        .as_ref()
+        .and_then(|s| s.data_planes.as_ref())
+        .map(|d| d.replicas.clone())
+        .unwrap_or_default();
+    for (replica, entry) in entries.iter().filter(|(r, _)| **r != ctx.replica.identity) {
+        if replicas::is_live(&ctx.client, &ctx.replica, replica).await {
+            observed.add_replica(entry, r.target_version, r.percent as i32);
+        }
+    }
     let mut controls = controls(t.obj, r.target_version);
     // Break-glass: a rollout whose spec turned `Immediate` (or lost its steps) goes everywhere.
     controls.promote |= !spec.is_staged();
