@@ -91,6 +91,10 @@ pub struct Metrics {
     /// Serving certificates this replica made for the injector.
     pub inject_certificate_renewals: Counter,
     untrusted_status: Family<ReasonLabels, Counter>,
+    rollout_phase: Family<RolloutPhaseLabels, Gauge>,
+    rollout_step: Family<ObjectLabels, Gauge>,
+    rollout_percent: Family<ObjectLabels, Gauge>,
+    rollout_halts: Family<HaltLabels, Counter>,
     /// Leases of dead replicas deleted by this replica while it led.
     pub replica_leases_deleted: Counter,
     /// `/debug/*` requests refused (a non-loopback peer without the debug token).
@@ -103,6 +107,32 @@ pub struct StateLabels {
     /// `synced`, `stale`, `rejected`, `orphaned` or `disconnected`.
     pub state: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    routing_config: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutPhaseLabels {
+    routing_config: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HaltLabels {
+    routing_config: String,
+    reason: String,
+}
+
+/// Every phase a rollout can be in, as `cellroute_rollout_phase` labels them.
+const ROLLOUT_PHASES: [routing_model::crd::RolloutPhase; 5] = [
+    routing_model::crd::RolloutPhase::Progressing,
+    routing_model::crd::RolloutPhase::Paused,
+    routing_model::crd::RolloutPhase::Halted,
+    routing_model::crd::RolloutPhase::Aborted,
+    routing_model::crd::RolloutPhase::Complete,
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
@@ -139,6 +169,30 @@ impl Metrics {
         let data_planes = Family::<StateLabels, Gauge>::default();
         let untrusted_status = Family::<ReasonLabels, Counter>::default();
         let replica_leases_deleted = Counter::default();
+        let rollout_phase = Family::<RolloutPhaseLabels, Gauge>::default();
+        let rollout_step = Family::<ObjectLabels, Gauge>::default();
+        let rollout_percent = Family::<ObjectLabels, Gauge>::default();
+        let rollout_halts = Family::<HaltLabels, Counter>::default();
+        registry.register(
+            "cellroute_rollout_phase",
+            "1 for the phase the staged rollout of a RoutingConfig's newest table is in (Progressing, Paused, Halted, Aborted, Complete), 0 for the others",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "cellroute_rollout_step",
+            "The step a RoutingConfig's staged rollout runs (1 for the first; steps + 1 once complete)",
+            rollout_step.clone(),
+        );
+        registry.register(
+            "cellroute_rollout_percent",
+            "Share of data planes a RoutingConfig's staged rollout serves the new table to",
+            rollout_percent.clone(),
+        );
+        registry.register(
+            "cellroute_rollout_halts",
+            "Staged rollouts stopped by the leader, by reason: nacks, errors (the error ratio of a placement), aborted (by the user)",
+            rollout_halts.clone(),
+        );
         registry.register(
             "cellroute_untrusted_status",
             "Served specs recorded in a RoutingConfig status that were refused (not signed by this control plane, or not an earlier generation), by reason",
@@ -328,9 +382,60 @@ impl Metrics {
             inject_certificate_expiry,
             inject_certificate_renewals,
             untrusted_status,
+            rollout_phase,
+            rollout_step,
+            rollout_percent,
+            rollout_halts,
             replica_leases_deleted,
             debug_refused,
         })
+    }
+
+    /// Reports where the rollout of `routing_config` stands (`None`: it has none).
+    pub fn rollout(&self, routing_config: &str, rollout: Option<&routing_model::crd::RolloutStatus>) {
+        let object = ObjectLabels {
+            routing_config: routing_config.to_owned(),
+        };
+        let Some(r) = rollout else {
+            self.forget_rollout(routing_config);
+            return;
+        };
+        for phase in ROLLOUT_PHASES {
+            let labels = RolloutPhaseLabels {
+                routing_config: routing_config.to_owned(),
+                phase: format!("{phase:?}"),
+            };
+            self.rollout_phase
+                .get_or_create(&labels)
+                .set(i64::from(phase == r.phase));
+        }
+        self.rollout_step.get_or_create(&object).set(r.step);
+        self.rollout_percent.get_or_create(&object).set(r.percent);
+    }
+
+    /// Drops the rollout series of a RoutingConfig that is gone.
+    pub fn forget_rollout(&self, routing_config: &str) {
+        let object = ObjectLabels {
+            routing_config: routing_config.to_owned(),
+        };
+        for phase in ROLLOUT_PHASES {
+            self.rollout_phase.remove(&RolloutPhaseLabels {
+                routing_config: routing_config.to_owned(),
+                phase: format!("{phase:?}"),
+            });
+        }
+        self.rollout_step.remove(&object);
+        self.rollout_percent.remove(&object);
+    }
+
+    /// Counts a rollout the leader stopped, for `reason`: `nacks`, `errors` or `aborted`.
+    pub fn rollout_halted(&self, routing_config: &str, reason: &str) {
+        self.rollout_halts
+            .get_or_create(&HaltLabels {
+                routing_config: routing_config.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one processed version.

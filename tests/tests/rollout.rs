@@ -213,6 +213,15 @@ impl Fleet {
             .await
     }
 
+    /// A metric of the leader `cp-0` about this RoutingConfig, with `labels` besides
+    /// `routing_config`.
+    async fn rollout_metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let object = format!("{}/{NAME}", self.namespace);
+        let mut all = vec![("routing_config", object.as_str())];
+        all.extend_from_slice(labels);
+        self.cps[0].as_ref().expect("cp-0 runs").metric(name, &all).await
+    }
+
     /// The ROLLOUT column of `kubectl get rtc`.
     async fn rollout_column(&self) -> String {
         get_rtc_columns(&self.cluster, &self.namespace, NAME).await[4].clone()
@@ -440,6 +449,8 @@ async fn annotations_pause_resume_promote_and_abort_a_rollout() {
     f.wait_rollout("step 1", |r| r.summary == "10% 1/2").await;
     f.wait_versions([2, 1, 1]).await;
     assert_eq!(f.rollout_column().await, "10% 1/2");
+    assert_eq!(f.rollout_metric("cellroute_rollout_step", &[]).await, 1.0);
+    assert_eq!(f.rollout_metric("cellroute_rollout_percent", &[]).await, 10.0);
 
     f.annotate("cellroute.dev/rollout=paused").await;
     f.wait_rollout("paused", |r| r.phase == RolloutPhase::Paused)
@@ -527,6 +538,11 @@ async fn a_table_that_sends_a_customer_to_a_failing_cell_halts_on_its_errors_nam
     assert_eq!(f.second.counter("cellroute_snapshots_received_total").await, 2.0);
     assert_eq!(f.rest.counter("cellroute_snapshots_received_total").await, 2.0);
     assert_eq!(f.rollout_column().await, "Halted");
+    assert_eq!(
+        f.rollout_metric("cellroute_rollout_halts_total", &[("reason", "errors")])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,10 +145,11 @@ impl ConfigSource for KubernetesSource {
                 self.status_key.clone(),
             ));
             let forget = {
-                let (tables, report) = (tables.clone(), report.clone());
+                let (tables, report, metrics) = (tables.clone(), report.clone(), sctx.metrics.clone());
                 move |key: &ObjectKey| {
                     tables.forget(key);
                     report.forget(key);
+                    metrics.forget_rollout(&key.to_string());
                 }
             };
             let on_event = event_hook(reader.clone(), sctx.store.clone(), forget, listed.clone());

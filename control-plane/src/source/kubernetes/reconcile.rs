@@ -441,6 +441,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
         .await?;
         write_shard_statuses(&ctx, &key, &table, served.as_deref(), &shards).await;
     }
+    ctx.metrics.rollout(&key.to_string(), rollout.as_ref());
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 

@@ -368,6 +368,12 @@ async fn step(
         }
         Next::Halt { .. } | Next::Abort { .. } => {
             let revert = decided.revert_version.expect("a revert version");
+            let reason = match &next {
+                Next::Abort { .. } => "aborted",
+                _ if observed.target.rejected > spec.analysis.max_nacks => "nacks",
+                _ => "errors",
+            };
+            ctx.metrics.rollout_halted(&t.key.to_string(), reason);
             // The previous table, as a new version, for every data plane.
             let restored = Served {
                 version: revert,
