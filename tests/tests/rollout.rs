@@ -8,7 +8,10 @@
 //!   comes back as a new version, and the data planes outside the step never see the bad one;
 //! - a table that sends a customer to a cell answering 500 halts at the first step on the error
 //!   ratio the canary reports, naming the placement, and is reverted the same way;
-//! - the annotations pause, resume, promote and abort a rollout.
+//! - the annotations pause, resume, promote and abort a rollout, and `strategy: Immediate` is
+//!   the break-glass;
+//! - with two control-plane replicas, each serves its data planes their cohort's version, and a
+//!   new leader resumes at the recorded step.
 //!
 //! The data planes' ids are chosen by their cohort (`routing_model::rollout::cohort`, the same
 //! function the control plane uses), so each test knows which one is in which step. They need
@@ -619,4 +622,46 @@ async fn every_replica_serves_each_cohort_its_version_and_a_new_leader_resumes_a
         })
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strategy_immediate_is_the_break_glass_and_says_so() {
+    let f = Fleet::start("rollout-immediate", &[]).await;
+    let slow = "{steps: [{percent: 10, pause: 1h}], analysis: {minRequests: 0}}";
+    f.apply(&f.manifest("tier1", &[], slow)).await;
+    f.wait_versions([1, 1, 1]).await;
+    // A rollout running when the emergency change comes: the change goes everywhere at once.
+    f.apply(&f.manifest("tier3", &[], slow)).await;
+    f.wait_rollout("step 1", |r| r.summary == "10% 1/1").await;
+    let immediate = "{strategy: Immediate, steps: [{percent: 10, pause: 1h}]}";
+    f.apply(&f.manifest("tier3", &["globex"], immediate)).await;
+    f.wait_versions([3, 3, 3]).await;
+    let obj = f
+        .wait_rollout("the immediate record", |r| {
+            r.target_version == 3 && r.phase == RolloutPhase::Complete
+        })
+        .await;
+    let r = rollout_of(&obj);
+    assert!(
+        r.message.as_deref().unwrap_or_default().contains("Immediate"),
+        "{r:?}"
+    );
+    assert_eq!(f.rollout_column().await, "Complete");
+    let uid = obj.uid().expect("uid");
+    eventually("a RolloutComplete Event saying Immediate", K8S_SOON, || async {
+        let events = f.rtc.events_about(&uid).await;
+        let found = events.iter().any(|e| {
+            e.reason.as_deref() == Some("RolloutComplete")
+                && e.note.as_deref().unwrap_or_default().contains("Immediate")
+        });
+        if found {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                events.iter().map(|e| &e.reason).collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await;
 }
