@@ -207,6 +207,18 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
     // and when a running rollout wants another look.
     let mut rollout = recorded_rollout.clone();
     let mut recheck = None;
+    // The table as the rollout code sees it, with what this replica serves at the moment.
+    let view = |served: Option<Arc<Snapshot>>| staged::Table {
+        obj: &obj,
+        key: &key,
+        uid: &uid,
+        generation,
+        shards: &shards,
+        composed: &table,
+        served,
+        trusted: trusted.as_ref(),
+        recorded: recorded_rollout.as_ref(),
+    };
     let current_table = match &table.result {
         Ok(config) if served.as_ref().is_some_and(|s| s.hash == config.hash()) => {
             ctx.store.clear_rejection(&key);
@@ -241,22 +253,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                     recover(&ctx, &obj, &key, &uid, t, r, &shards).await;
                     served = served_now();
                 }
-                let outcome = staged::follow(
-                    &ctx,
-                    &staged::Table {
-                        obj: &obj,
-                        key: &key,
-                        uid: &uid,
-                        generation,
-                        shards: &shards,
-                        composed: &table,
-                        served: served.as_ref(),
-                        trusted: trusted.as_ref(),
-                        recorded: recorded_rollout.as_ref(),
-                    },
-                    config,
-                )
-                .await?;
+                let outcome = staged::follow(&ctx, &view(served.clone()), config).await?;
                 rollout = outcome.rollout;
                 recheck = outcome.recheck;
                 written = outcome.written;
@@ -268,41 +265,14 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                 // The shard watch has not delivered every shard the API server has: a version
                 // now could miss some.
                 return Ok(Action::requeue(QUIET));
-            } else if leader
-                && let Some(outcome) = staged::begin(
-                    &ctx,
-                    &staged::Table {
-                        obj: &obj,
-                        key: &key,
-                        uid: &uid,
-                        generation,
-                        shards: &shards,
-                        composed: &table,
-                        served: served.as_ref(),
-                        trusted: trusted.as_ref(),
-                        recorded: recorded_rollout.as_ref(),
-                    },
-                    config,
-                )
-                .await?
+            } else if leader && let Some(outcome) = staged::begin(&ctx, &view(served.clone()), config).await?
             {
                 rollout = outcome.rollout;
                 recheck = outcome.recheck;
                 written = outcome.written;
                 outcome.current
             } else if leader {
-                let version = next_version(
-                    [
-                        trusted.as_ref().map(|t| t.version),
-                        recorded_rollout.as_ref().map(|r| r.target_version),
-                        recorded_rollout.as_ref().and_then(|r| r.revert_version),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .max(),
-                    served.as_ref().map(|s| s.version),
-                    table.floor,
-                );
+                let version = view(served.clone()).next_version();
                 let reference = SnapshotRef {
                     lineage: uid.clone(),
                     version,
@@ -386,21 +356,7 @@ pub(super) async fn reconcile(obj: Arc<RoutingConfig>, ctx: Arc<Ctx>) -> Result<
                     served = served_now();
                 }
                 // The leader's rollout of this table, at the step it recorded.
-                staged::follow_recorded(
-                    &ctx,
-                    &staged::Table {
-                        obj: &obj,
-                        key: &key,
-                        uid: &uid,
-                        generation,
-                        shards: &shards,
-                        composed: &table,
-                        served: served.as_ref(),
-                        trusted: trusted.as_ref(),
-                        recorded: recorded_rollout.as_ref(),
-                    },
-                    config,
-                );
+                staged::follow_recorded(&ctx, &view(served.clone()), config);
                 ctx.metrics.reconciled(ReconcileResult::Unchanged);
                 Current::Valid { hash }
             }

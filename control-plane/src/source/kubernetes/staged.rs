@@ -81,7 +81,7 @@ pub(super) struct Table<'a> {
     /// Its composition.
     pub composed: &'a Composed,
     /// The table served (the previous one, during a rollout).
-    pub served: Option<&'a Arc<Snapshot>>,
+    pub served: Option<Arc<Snapshot>>,
     /// The signed record of the served table.
     pub trusted: Option<&'a Trusted>,
     /// The signed record of the rollout.
@@ -90,7 +90,7 @@ pub(super) struct Table<'a> {
 
 impl Table<'_> {
     /// The next version: above the served one, the recorded one, and any rollout's versions.
-    fn next_version(&self) -> i64 {
+    pub(super) fn next_version(&self) -> i64 {
         let recorded = [
             self.trusted.map(|t| t.version),
             self.recorded.map(|r| r.target_version),
@@ -99,7 +99,11 @@ impl Table<'_> {
         .into_iter()
         .flatten()
         .max();
-        next_version(recorded, self.served.map(|s| s.version), self.composed.floor)
+        next_version(
+            recorded,
+            self.served.as_ref().map(|s| s.version),
+            self.composed.floor,
+        )
     }
 }
 
@@ -174,7 +178,7 @@ pub(super) async fn begin(
 ) -> Result<Option<Outcome>, ReconcileError> {
     let hash = config.hash();
     let spec = t.obj.spec.rollout.clone().unwrap_or_default();
-    let Some(stable) = t.served.filter(|_| spec.is_staged()) else {
+    let Some(stable) = t.served.as_ref().filter(|_| spec.is_staged()) else {
         return Ok(None);
     };
     let version = t.next_version();
@@ -229,13 +233,26 @@ pub(super) fn follow_recorded(ctx: &Ctx, t: &Table<'_>, config: &ValidatedConfig
         return;
     };
     // Without the previous table, the new one would reach every data plane.
-    let Some(stable) = t.served.filter(|s| s.version < r.target_version) else {
+    let Some(stable) = t.served.as_ref().filter(|s| s.version < r.target_version) else {
         return;
     };
+    serve_step(ctx, t, config, stable, r);
+}
+
+/// Serves the recorded step `r` of `config` (against the served `stable`): the store's canary at
+/// the recorded share, staged anew when this replica has none (it started, or became leader,
+/// mid-rollout). Returns the canary's identity.
+fn serve_step(
+    ctx: &Ctx,
+    t: &Table<'_>,
+    config: &ValidatedConfig,
+    stable: &Snapshot,
+    r: &RolloutStatus,
+) -> SnapshotRef {
     let target = SnapshotRef {
         lineage: t.uid.to_owned(),
         version: r.target_version,
-        hash,
+        hash: config.hash(),
     };
     let staged = ctx
         .store
@@ -244,7 +261,7 @@ pub(super) fn follow_recorded(ctx: &Ctx, t: &Table<'_>, config: &ValidatedConfig
         .filter(|c| c.target.reference() == target);
     if staged.is_some() {
         ctx.store.set_share(t.key, &target, r.percent as i32);
-        return;
+        return target;
     }
     let members = members_for(t.obj, t.shards, stable.members.as_deref(), r.target_version);
     let offered = ctx.store.offer_delivered(
@@ -258,6 +275,7 @@ pub(super) fn follow_recorded(ctx: &Ctx, t: &Table<'_>, config: &ValidatedConfig
         },
     );
     crate::source::record(&ctx.metrics, &ctx.store, t.key, r.target_version, &offered);
+    target
 }
 
 /// Looks at the running rollout `r` of `config` and carries out the decision.
@@ -275,35 +293,12 @@ async fn step(
         written: None,
         recheck: Some(RECHECK),
     };
-    let Some(stable) = t.served else {
+    let Some(stable) = t.served.as_ref() else {
         // The previous table is not rebuilt yet (the caller recovers it from the status):
         // nothing is served for the rollout until it is, or the new table would reach all.
         return Ok(waiting(r.clone()));
     };
-    let target = SnapshotRef {
-        lineage: t.uid.to_owned(),
-        version: r.target_version,
-        hash,
-    };
-    let staged = ctx
-        .store
-        .get(t.key)
-        .and_then(|s| s.canary)
-        .filter(|c| c.target.reference() == target);
-    if staged.is_none() {
-        // A new leader, or this one restarted: the recorded step, as recorded.
-        let members = members_for(t.obj, t.shards, stable.members.as_deref(), r.target_version);
-        ctx.store.offer_delivered(
-            t.key,
-            t.uid,
-            r.target_version,
-            Ok(config.clone()),
-            Some(Arc::new(members)),
-            Delivery::Staged {
-                percent: r.percent as i32,
-            },
-        );
-    }
+    let target = serve_step(ctx, t, config, stable, r);
     let records = ctx.registry.list();
     let mut observed = Observed::count(
         &records,
