@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use kube::ResourceExt;
 use routing_model::crd::{RoutingConfig, RoutingShard};
-use routing_model::delta::SpecChanges;
+use routing_model::delta::{SpecChanges, changed_customers};
 use routing_model::manifest::RoutingConfigSpec;
 use routing_model::protocol::{DEFAULT_MAX_MESSAGE_BYTES, SnapshotMessageRef, SnapshotRef};
 use routing_model::{ContentHash, ValidatedConfig};
@@ -262,8 +262,38 @@ impl SnapshotStore {
         reference: &SnapshotRef,
         config: &ValidatedConfig,
     ) -> Result<usize, String> {
-        let bytes = message_bytes(key, reference, config.spec());
+        let bytes = self.sized(key, reference, config);
         check_deliverable(bytes, self.max_message_bytes).map(|()| bytes)
+    }
+
+    /// The size of the snapshot message of `config` as `reference`. A version made from the one
+    /// served (as composition and [`Self::rebase`] make them) shares all but its changes with it,
+    /// so it is sized from that one's size and the customers that changed, in the time of the
+    /// change; anything else is counted over the whole message.
+    fn sized(&self, key: &ObjectKey, reference: &SnapshotRef, config: &ValidatedConfig) -> usize {
+        if let Some(served) = self.get(key).and_then(|s| s.served) {
+            let old = &served.config.spec().customer_to_placement;
+            let new = &config.spec().customer_to_placement;
+            // Past this many changes, counting the whole message costs about as much.
+            let most = old.len().max(new.len()) / 8 + 1;
+            let changed: Vec<_> = changed_customers(old, new).take(most + 1).collect();
+            if changed.len() <= most {
+                let name = key.to_string();
+                let base_ref = served.reference();
+                let base = SnapshotMessageRef {
+                    routing_config: &name,
+                    snapshot: &base_ref,
+                    spec: served.config.spec(),
+                };
+                let next = SnapshotMessageRef {
+                    routing_config: &name,
+                    snapshot: reference,
+                    spec: config.spec(),
+                };
+                return next.json_len_after(&base, served.message_bytes, changed);
+            }
+        }
+        message_bytes(key, reference, config.spec())
     }
 
     fn is_stale(&self, key: &ObjectKey, lineage: &str, version: i64) -> bool {
@@ -643,6 +673,62 @@ mod tests {
         }
         .to_json();
         assert_eq!(sent.len(), bytes);
+    }
+
+    /// A version sized from the one served and its change has the size of its message, counted
+    /// whole, whether it shares that one's map (composed from it) or not (read anew).
+    #[test]
+    fn a_version_sized_from_the_served_one_has_the_size_of_its_message() {
+        let store = SnapshotStore::default();
+        let mut doc = String::from(
+            "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\nspec:\n  defaultPlacement: a\n  placementToEndpoint: {a: 'http://a', b: 'http://b'}\n  customerToPlacement:\n",
+        );
+        for i in 0..1_000 {
+            doc.push_str(&format!("    c{i}: a\n"));
+        }
+        let first = routing_model::load(doc.as_bytes(), ParseLimits::default()).unwrap();
+        assert_eq!(store.offer(&key(), "u1", 1, Ok(first.clone())), Offered::Accepted);
+        let moved = |changes: &[(&str, Option<&str>)]| SpecChanges {
+            customer_to_placement: changes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+                .collect(),
+            ..SpecChanges::default()
+        };
+        let shared = first
+            .with_changes(&moved(&[
+                ("c7", Some("b")),
+                ("c8", None),
+                ("new\\\"one", Some("b")),
+            ]))
+            .unwrap();
+        let read_anew = routing_model::load(
+            doc.replace("    c7: a\n", "    c7: b\n")
+                .replace("    c9: a\n", "")
+                .as_bytes(),
+            ParseLimits::default(),
+        )
+        .unwrap();
+        for (version, candidate) in [(2, shared), (3, read_anew)] {
+            let reference = SnapshotRef {
+                lineage: "u1".into(),
+                version,
+                hash: candidate.hash(),
+            };
+            assert_eq!(
+                store.deliverable(&key(), &reference, &candidate),
+                Ok(message_bytes(&key(), &reference, candidate.spec()))
+            );
+            assert_eq!(
+                store.offer(&key(), "u1", version, Ok(candidate)),
+                Offered::Accepted
+            );
+            let served = store.get(&key()).unwrap().served.unwrap();
+            assert_eq!(
+                served.message_bytes,
+                message_bytes(&key(), &reference, served.config.spec())
+            );
+        }
     }
 
     #[test]

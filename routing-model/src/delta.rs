@@ -7,11 +7,12 @@
 
 use std::collections::BTreeMap;
 
+use imbl::ordmap::DiffItem;
 use serde::{Deserialize, Serialize};
 
 use crate::diff::{Side, merge};
 use crate::digest::TableDigest;
-use crate::manifest::RoutingConfigSpec;
+use crate::manifest::{CustomerMap, RoutingConfigSpec};
 
 /// What changed from one spec to another.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +56,20 @@ fn changed_map<'a>(
         .collect()
 }
 
+/// The customers that changed from `old` to `new`, each with its placement in `new` (`None`:
+/// removed), in order. The maps are persistent: a version made from another by a few changes
+/// shares all but those paths of nodes with it, and the diff skips what they share, so its cost
+/// follows the change (a pass over both tables otherwise).
+pub fn changed_customers<'a>(
+    old: &'a CustomerMap,
+    new: &'a CustomerMap,
+) -> impl Iterator<Item = (&'a String, Option<&'a String>)> + 'a {
+    old.diff(new).map(|item| match item {
+        DiffItem::Add(k, v) | DiffItem::Update { new: (k, v), .. } => (k, Some(v)),
+        DiffItem::Remove(k, _) => (k, None),
+    })
+}
+
 impl SpecChanges {
     /// The changes that turn `old` into `new`.
     pub fn between(old: &RoutingConfigSpec, new: &RoutingConfigSpec) -> Self {
@@ -62,7 +77,9 @@ impl SpecChanges {
         Self {
             customer_header: changed(&old.customer_header, &new.customer_header),
             default_placement: changed(&old.default_placement, &new.default_placement),
-            customer_to_placement: changed_map(&old.customer_to_placement, &new.customer_to_placement),
+            customer_to_placement: changed_customers(&old.customer_to_placement, &new.customer_to_placement)
+                .map(|(k, v)| (k.clone(), v.cloned()))
+                .collect(),
             placement_to_endpoint: changed_map(&old.placement_to_endpoint, &new.placement_to_endpoint),
         }
     }

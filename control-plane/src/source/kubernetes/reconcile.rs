@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use routing_model::ValidatedConfig;
-use routing_model::compose::{CompositionErrors, Member, Members, Shard, compose};
+use routing_model::compose::{CompositionErrors, Member, Members, Shard, compose, recompose};
 use routing_model::crd::{RolloutPhase, RoutingConfig, RoutingShard};
 use routing_model::protocol::SnapshotRef;
 
@@ -57,6 +57,29 @@ pub struct Composed {
     pub result: Result<ValidatedConfig, CompositionErrors>,
     /// The sum of the objects' generations: the lowest version a new table may have.
     pub floor: i64,
+    /// The objects composed, kept while the table is valid so the next composition diffs them
+    /// ([`recompose`]).
+    objects: Option<(Arc<RoutingConfig>, Vec<Arc<RoutingShard>>)>,
+}
+
+/// The members of the table `key` in the objects `obj` and `shards`.
+fn members_of<'a>(
+    key: &'a ObjectKey,
+    obj: &'a RoutingConfig,
+    shards: &'a [Arc<RoutingShard>],
+) -> Members<'a> {
+    Members {
+        namespace: &key.namespace,
+        name: &key.name,
+        config: &obj.spec,
+        shards: shards
+            .iter()
+            .map(|s| Shard {
+                name: s.metadata.name.as_deref().unwrap_or_default(),
+                customers: &s.spec.customer_to_placement,
+            })
+            .collect(),
+    }
 }
 
 fn fingerprint(obj: &RoutingConfig, shards: &[Arc<RoutingShard>]) -> Vec<(String, String, i64)> {
@@ -72,8 +95,14 @@ fn fingerprint(obj: &RoutingConfig, shards: &[Arc<RoutingShard>]) -> Vec<(String
         .collect()
 }
 
-/// The composition of `obj` with `shards`, reused from the last reconcile while unchanged.
-fn composed(ctx: &Ctx, key: &ObjectKey, obj: &RoutingConfig, shards: &[Arc<RoutingShard>]) -> Arc<Composed> {
+/// The composition of `obj` with `shards`, reused from the last reconcile while unchanged, and
+/// made from the last valid one when only some objects changed.
+fn composed(
+    ctx: &Ctx,
+    key: &ObjectKey,
+    obj: &Arc<RoutingConfig>,
+    shards: &[Arc<RoutingShard>],
+) -> Arc<Composed> {
     let print = fingerprint(obj, shards);
     let cached = ctx
         .tables
@@ -81,36 +110,32 @@ fn composed(ctx: &Ctx, key: &ObjectKey, obj: &RoutingConfig, shards: &[Arc<Routi
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .get(key)
-        .filter(|c| c.fingerprint == print)
         .cloned();
-    if let Some(c) = cached {
-        return c;
+    if let Some(c) = cached.as_ref().filter(|c| c.fingerprint == print) {
+        return c.clone();
     }
     let started = Instant::now();
-    let names: Vec<String> = shards.iter().map(|s| s.name_any()).collect();
-    let members = Members {
-        namespace: &key.namespace,
-        name: &key.name,
-        config: &obj.spec,
-        shards: shards
-            .iter()
-            .zip(&names)
-            .map(|(s, name)| Shard {
-                name,
-                customers: &s.spec.customer_to_placement,
-            })
-            .collect(),
+    let members = members_of(key, obj, shards);
+    let base = cached
+        .as_ref()
+        .and_then(|c| Some((c.objects.as_ref()?, c.result.as_ref().ok()?)));
+    let result = match base {
+        Some(((base_obj, base_shards), table)) => {
+            recompose(&members_of(key, base_obj, base_shards), table, &members)
+        }
+        None => compose(&members),
     };
-    let result = compose(&members);
     ctx.metrics
         .snapshot_build
         .observe(started.elapsed().as_secs_f64());
     let floor = print.iter().map(|(_, _, g)| *g).sum();
+    let objects = result.is_ok().then(|| (obj.clone(), shards.to_vec()));
     let composed = Arc::new(Composed {
         fingerprint: print,
         first_seen: started,
         result,
         floor,
+        objects,
     });
     ctx.tables
         .compositions
