@@ -42,6 +42,7 @@ pub mod hash;
 pub mod ledger;
 pub mod manifest;
 pub mod parse;
+mod plain_map;
 pub mod protocol;
 pub mod rollout;
 pub mod schema;

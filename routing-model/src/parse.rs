@@ -7,7 +7,8 @@
 use serde_saphyr::Budget;
 use serde_saphyr::options::{AliasLimits, DuplicateKeyPolicy};
 
-use crate::manifest::{RoutingConfigManifest, RoutingShardManifest};
+use crate::manifest::{CustomerMap, RoutingConfigManifest, RoutingShardManifest};
+use crate::plain_map;
 use crate::validate::{ValidatedConfig, ValidationErrors, validate};
 
 /// Default upper bound on the size of a config document: 16 MiB.
@@ -91,7 +92,7 @@ pub fn parse_shard(bytes: &[u8], limits: ParseLimits) -> Result<RoutingShardMani
     parse_document(bytes, limits)
 }
 
-fn parse_document<T: serde::de::DeserializeOwned>(
+fn parse_document<T: serde::de::DeserializeOwned + Customers>(
     bytes: &[u8],
     limits: ParseLimits,
 ) -> Result<T, ParseError> {
@@ -114,6 +115,34 @@ fn parse_document<T: serde::de::DeserializeOwned>(
     if is_blank(text) {
         return Err(ParseError::Empty);
     }
+    if let Some(lifted) = plain_map::lift(text)
+        && let Ok(mut document) = parse_yaml::<T>(&lifted.rest, limits)
+        && lifted.restore(document.customers())
+    {
+        return Ok(document);
+    }
+    parse_yaml(text, limits)
+}
+
+/// A document with a customer map, which [`plain_map`] may read for the parser.
+trait Customers {
+    fn customers(&mut self) -> &mut CustomerMap;
+}
+
+impl Customers for RoutingConfigManifest {
+    fn customers(&mut self) -> &mut CustomerMap {
+        &mut self.spec.customer_to_placement
+    }
+}
+
+impl Customers for RoutingShardManifest {
+    fn customers(&mut self) -> &mut CustomerMap {
+        &mut self.spec.customer_to_placement
+    }
+}
+
+/// `text` through the YAML parser, with the limits.
+fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, limits: ParseLimits) -> Result<T, ParseError> {
     let options = serde_saphyr::options! {
         duplicate_keys: DuplicateKeyPolicy::Error,
         alias_limits: alias_limits(),
@@ -189,6 +218,78 @@ mod tests {
         }
         let manifest = parse(&text).expect("a 200,000-customer file parses");
         assert_eq!(manifest.spec.customer_to_placement.len(), customers);
+    }
+
+    /// Whatever the document, reading its customer block without the parser gives what the
+    /// parser gives: the same manifest, or an error where the parser has one. The documents mix
+    /// the plain layout with what it must not read: words YAML resolves to booleans or null,
+    /// quotes, comments, other indents, blank lines, flow style around the block, a block scalar
+    /// holding the key, a duplicate.
+    #[test]
+    fn the_plain_block_reads_as_the_parser_reads_it() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let plain = prop::sample::select(vec!["a", "b", "acme", "B2", "x.y", "x-y", "x_y", "a", "b"]);
+        let odd = prop::sample::select(vec![
+            "yes", "No", "null", "True", "ON", "y", "n", "off", "1x", "x:y", "'q'", "\"d\"", "x #c", "~",
+            "c\t", "\u{e9}",
+        ]);
+        let word = prop_oneof![12 => plain, 1 => odd];
+        let line = (
+            word.clone(),
+            word,
+            prop::sample::select(vec![4usize, 4, 4, 4, 4, 4, 4, 4, 3, 6]),
+            0..40u8,
+        );
+        let layout = prop::sample::select(vec![
+            "  customerToPlacement:\n",
+            "  customerToPlacement:\n",
+            "  customerToPlacement:  \n",
+            "  customerToPlacement: # c\n",
+            "  customerToPlacement: !!map\n",
+        ]);
+        let frame = prop::sample::select(vec![0u8, 0, 0, 1, 2, 3, 4]);
+        let mut runner = TestRunner::new(Config::with_cases(4_000));
+        let lifted = std::cell::Cell::new(0);
+        runner
+            .run(
+                &(prop::collection::vec(line, 0..6), layout, frame),
+                |(lines, layout, frame)| {
+                    let mut block = String::from(layout);
+                    for (key, value, indent, odd) in &lines {
+                        match odd {
+                            0 => block.push('\n'),
+                            1 => block.push_str("    # note\n"),
+                            _ => {}
+                        }
+                        block.push_str(&format!("{}{key}: {value}\n", " ".repeat(*indent)));
+                    }
+                    let head = "apiVersion: cellroute.dev/v1alpha1\nkind: RoutingConfig\n";
+                    let rules = "  defaultPlacement: a\n  placementToEndpoint: {a: 'http://127.0.0.1:1', b: 'http://127.0.0.1:2'}\n";
+                    let text = match frame {
+                        0 => format!("{head}metadata: {{name: r}}\nspec:\n{rules}{block}"),
+                        1 => format!("{head}spec:\n{block}{rules}"),
+                        2 => format!("{head}metadata:\n  name: |\n    x\n{block}spec:\n{rules}  customerToPlacement: {{acme: a}}\n"),
+                        3 => format!("{head}spec: {{defaultPlacement: a,\n  placementToEndpoint: {{a: 'http://127.0.0.1:1'}},\n{block}}}\n"),
+                        _ => format!("{head}spec:\n{rules}{block}{block}"),
+                    };
+                    let limits = ParseLimits::default();
+                    let plain = parse_document::<RoutingConfigManifest>(text.as_bytes(), limits);
+                    let parser = parse_yaml::<RoutingConfigManifest>(&text, limits);
+                    if plain.is_ok() && plain_map::lift(&text).is_some() {
+                        lifted.set(lifted.get() + 1);
+                    }
+                    // Debug shows every field of either (the manifest has no `PartialEq`).
+                    prop_assert_eq!(format!("{plain:?}"), format!("{parser:?}"), "{}", text);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        let lifted = lifted.get();
+        assert!(
+            lifted > 100,
+            "only {lifted} documents were read without the parser"
+        );
     }
 
     #[test]
