@@ -86,16 +86,24 @@ pub fn parse_manifest(bytes: &[u8], limits: ParseLimits) -> Result<RoutingConfig
     parse_document(bytes, limits)
 }
 
+/// [`parse_manifest`] with every byte through the YAML parser, never the plain-block scan: the
+/// oracle the fuzz target `manifest_bytes` holds the scan to.
+#[doc(hidden)]
+pub fn parse_manifest_by_parser(
+    bytes: &[u8],
+    limits: ParseLimits,
+) -> Result<RoutingConfigManifest, ParseError> {
+    parse_yaml(checked_text(bytes, limits)?, limits)
+}
+
 /// Parses a RoutingShard document (what `control-plane split` writes) with the same hardening,
 /// without validating its content.
 pub fn parse_shard(bytes: &[u8], limits: ParseLimits) -> Result<RoutingShardManifest, ParseError> {
     parse_document(bytes, limits)
 }
 
-fn parse_document<T: serde::de::DeserializeOwned + Customers>(
-    bytes: &[u8],
-    limits: ParseLimits,
-) -> Result<T, ParseError> {
+/// The document as text, after the checks that need no parser.
+fn checked_text(bytes: &[u8], limits: ParseLimits) -> Result<&str, ParseError> {
     if bytes.len() > limits.max_bytes {
         return Err(ParseError::TooLarge {
             size: bytes.len(),
@@ -115,6 +123,14 @@ fn parse_document<T: serde::de::DeserializeOwned + Customers>(
     if is_blank(text) {
         return Err(ParseError::Empty);
     }
+    Ok(text)
+}
+
+fn parse_document<T: serde::de::DeserializeOwned + Customers>(
+    bytes: &[u8],
+    limits: ParseLimits,
+) -> Result<T, ParseError> {
+    let text = checked_text(bytes, limits)?;
     if let Some(lifted) = plain_map::lift(text)
         && let Ok(mut document) = parse_yaml::<T>(&lifted.rest, limits)
         && lifted.restore(document.customers())

@@ -1,5 +1,5 @@
 //! The customer map of a routing file read without the YAML parser, when it is written in the
-//! plainest block form, as `control-plane split` and most generators write it:
+//! plainest block form, as `kubectl get -o yaml` and most generators write it:
 //!
 //! ```yaml
 //!   customerToPlacement:
