@@ -789,11 +789,13 @@ impl Applier {
         let pushed = (source == Source::ControlPlane)
             .then(|| active.snapshot.clone())
             .flatten();
-        self.state.active.store(Some(Arc::new(active)));
+        let replaced = self.state.active.swap(Some(Arc::new(active)));
         if let Some(snapshot) = pushed {
             self.state.snapshot_applied(snapshot);
         }
-        self.state.push_history(entry);
+        let forgotten = self.state.push_history(entry);
+        // `current` too: it may hold the replaced table's last reference.
+        retire((replaced, forgotten, current));
         self.metrics.reload_success.inc();
         self.metrics.generation.set(applied.generation as i64);
         self.metrics.last_success.set(unix_seconds(SystemTime::now()));
@@ -972,6 +974,17 @@ fn build(
         diff,
         patched,
     })))
+}
+
+/// Frees what an apply replaced on a blocking thread: freeing a large table (its map, hash tree
+/// and index, 100k customers and more) takes milliseconds to tens of milliseconds that neither
+/// the next apply nor the ACK of this one should wait for. In-flight requests may still hold
+/// the table; it is freed when the last of them ends, wherever that is.
+fn retire<T: Send + 'static>(old: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(old))),
+        Err(_) => drop(old),
+    }
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {

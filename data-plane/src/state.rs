@@ -186,10 +186,12 @@ impl SharedState {
         f(&mut lock(&self.sync));
     }
 
-    pub(crate) fn push_history(&self, entry: HistoryEntry) {
+    /// Remembers `entry`; returns the entries it pushed out, for the caller to free.
+    pub(crate) fn push_history(&self, entry: HistoryEntry) -> Vec<HistoryEntry> {
         let mut history = lock(&self.history);
         history.push_front(entry);
-        history.truncate(HISTORY_LEN);
+        let keep = history.len().min(HISTORY_LEN);
+        history.split_off(keep).into()
     }
 
     pub(crate) fn set_last_error(&self, error: LastError) {
