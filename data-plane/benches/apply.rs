@@ -146,6 +146,7 @@ fn delta(c: &mut Criterion) {
         .block_on(applier.apply_snapshot(start, Source::ControlPlane))
         .expect("applies");
     let mut current = 0;
+    let chain_start = version;
     group.sample_size(100);
     group.bench_function("delta_one_customer_1m", |b| {
         b.iter(|| {
@@ -162,9 +163,10 @@ fn delta(c: &mut Criterion) {
         });
     });
     group.finish();
-    // Every delta patched the table; none fell back to a rebuild.
+    // Every delta patched the table; none fell back to a rebuild (none ran when a filter
+    // picked other benches).
     assert_eq!(metrics.deltas_patched.get(), metrics.deltas_applied.get());
-    assert!(metrics.deltas_patched.get() > 0);
+    assert!(metrics.deltas_patched.get() > 0 || version == chain_start);
 }
 
 criterion_group!(benches, apply, delta);

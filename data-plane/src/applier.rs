@@ -951,14 +951,25 @@ fn build(
             header: prev.header.clone(),
         })
     });
-    let (compiled, patched) = match patched {
-        Some(compiled) => (compiled, true),
-        None => (compile::compile(&config, &limits, metrics)?, false),
+    let diff = || {
+        previous.as_ref().map(|p| match &patch {
+            Some(delta) => ConfigDiff::of_changes(p.config.spec(), &delta.changes),
+            None => ConfigDiff::between(p.config.spec(), config.spec()),
+        })
     };
-    let diff = previous.as_ref().map(|p| match &patch {
-        Some(delta) => ConfigDiff::of_changes(p.config.spec(), &delta.changes),
-        None => ConfigDiff::between(p.config.spec(), config.spec()),
-    });
+    let (compiled, patched, diff) = match patched {
+        Some(compiled) => (compiled, true, diff()),
+        // A whole table: its build and its diff with the active one each pass over every
+        // customer, and neither needs the other, so they run side by side.
+        None => std::thread::scope(|scope| {
+            let diff = scope.spawn(diff);
+            let compiled = compile::compile(&config, &limits, metrics);
+            let diff = diff
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            compiled.map(|compiled| (compiled, false, diff))
+        })?,
+    };
     let generation = previous.as_ref().map_or(0, |p| p.generation) + 1;
     Ok(Candidate::Built(Box::new(Built {
         active: ActiveConfig {
