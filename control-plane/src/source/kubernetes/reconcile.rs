@@ -57,9 +57,16 @@ pub struct Composed {
     pub result: Result<ValidatedConfig, CompositionErrors>,
     /// The sum of the objects' generations: the lowest version a new table may have.
     pub floor: i64,
-    /// The objects composed, kept while the table is valid so the next composition diffs them
-    /// ([`recompose`]).
-    objects: Option<(Arc<RoutingConfig>, Vec<Arc<RoutingShard>>)>,
+    /// The last valid composition (this one, or the one before it when this one is refused),
+    /// which the next composition starts from ([`recompose`]).
+    base: Option<Arc<Base>>,
+}
+
+/// A valid table and the objects it was composed of.
+struct Base {
+    obj: Arc<RoutingConfig>,
+    shards: Vec<Arc<RoutingShard>>,
+    table: ValidatedConfig,
 }
 
 /// The members of the table `key` in the objects `obj` and `shards`.
@@ -116,26 +123,29 @@ fn composed(
     }
     let started = Instant::now();
     let members = members_of(key, obj, shards);
-    let base = cached
-        .as_ref()
-        .and_then(|c| Some((c.objects.as_ref()?, c.result.as_ref().ok()?)));
-    let result = match base {
-        Some(((base_obj, base_shards), table)) => {
-            recompose(&members_of(key, base_obj, base_shards), table, &members)
-        }
+    let last = cached.and_then(|c| c.base.clone());
+    let result = match &last {
+        Some(b) => recompose(&members_of(key, &b.obj, &b.shards), &b.table, &members),
         None => compose(&members),
     };
     ctx.metrics
         .snapshot_build
         .observe(started.elapsed().as_secs_f64());
     let floor = print.iter().map(|(_, _, g)| *g).sum();
-    let objects = result.is_ok().then(|| (obj.clone(), shards.to_vec()));
+    let base = match &result {
+        Ok(table) => Some(Arc::new(Base {
+            obj: obj.clone(),
+            shards: shards.to_vec(),
+            table: table.clone(),
+        })),
+        Err(_) => last,
+    };
     let composed = Arc::new(Composed {
         fingerprint: print,
         first_seen: started,
         result,
         floor,
-        objects,
+        base,
     });
     ctx.tables
         .compositions
