@@ -15,10 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use imbl::ordmap::DiffItem;
 use serde::Serialize;
 
-use crate::delta::SpecChanges;
+use crate::delta::{SpecChanges, changed_customers};
 use crate::manifest::{CustomerMap, KIND, ObjectMeta, RoutingConfigSpec, SHARD_KIND};
 use crate::validate::{
     ValidatedConfig, ValidationError, check_customer, check_customer_count, check_routing, key_path,
@@ -284,11 +283,9 @@ fn customer_changes(
         let old = before.get(object).copied().unwrap_or(&none);
         let new = after.get(object).copied().unwrap_or(&none);
         let mut any = false;
-        for item in old.diff(new) {
+        for (customer, _) in changed_customers(old, new) {
             any = true;
-            touched.insert(match item {
-                DiffItem::Add(k, _) | DiffItem::Remove(k, _) | DiffItem::Update { new: (k, _), .. } => k,
-            });
+            touched.insert(customer);
         }
         if any {
             changed.push((old, new));
@@ -507,10 +504,8 @@ mod tests {
                 };
                 let (spec0, shards0) = (spec(&before), shards(&before));
                 let (spec1, shards1) = (spec(&after), shards(&after));
-                let list = |s: &[(String, CustomerMap)]| -> Vec<(String, CustomerMap)> { s.to_vec() };
                 let m0: Vec<_> = shards0.iter().map(|(n, c)| (n.as_str(), c)).collect();
-                let m1: Vec<_> = list(&shards1);
-                let m1: Vec<_> = m1.iter().map(|(n, c)| (n.as_str(), c)).collect();
+                let m1: Vec<_> = shards1.iter().map(|(n, c)| (n.as_str(), c)).collect();
                 let base = members(&spec0, &m0);
                 let Ok(table) = compose(&base) else {
                     return Ok(());

@@ -76,7 +76,11 @@ pub(crate) fn lift(text: &str) -> Option<Lifted> {
         let content = line.trim_end_matches('\n');
         let trimmed = content.trim_start_matches(' ');
         let this_indent = content.len() - trimmed.len();
-        if this_indent <= key_indent && !trimmed.is_empty() {
+        if trimmed.is_empty() {
+            // A blank line does not end a YAML block: left to the parser.
+            return None;
+        }
+        if this_indent <= key_indent {
             break;
         }
         if *indent.get_or_insert(this_indent) != this_indent {
